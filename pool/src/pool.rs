@@ -1,0 +1,708 @@
+//! [`Pool`]: an open, locked, validated and mapped pool file.
+
+use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::error::{PoolError, Result};
+use crate::file;
+use crate::header::{
+    validate_layout_name, Geometry, PoolHeader, HEADER_SIZE, MAX_POOL_SIZE, MIN_POOL_SIZE, PAGE,
+};
+use crate::persist::{Backend, DirtyPages, FlushContext, ModeRequest, PersistCounters, PersistMode, SharedCounters};
+use crate::raw::cpu::{self, FlushInstr};
+use crate::raw::mapping::{self, Mapping};
+
+/// Copies of at least this many bytes use non-temporal stores (as PMDK's default threshold).
+pub const NT_THRESHOLD: usize = 256;
+
+/// Parameters of a new pool. Start from [`CreateOptions::new`].
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Total size of the pool file in bytes: a multiple of 4096 in
+    /// [`MIN_POOL_SIZE`]..=[`MAX_POOL_SIZE`].
+    pub size: u64,
+    /// The application's name for its data layout, 1 to 64 bytes of UTF-8 without NUL.
+    pub layout: String,
+    /// Size of the root area (a positive multiple of 4096).
+    pub root_size: u64,
+    /// Number of lanes (per-thread log areas).
+    pub lane_count: u32,
+    /// Size of one lane (a positive multiple of 64).
+    pub lane_size: u32,
+    /// Alignment of the heap's start, in pool offsets (a power of two, at least 4096).
+    pub heap_align: u64,
+    /// Allocate every block of the file at creation (default `true`). A sparse pool
+    /// (`false`) saves space up front, but a store to a hole on a full file system is a
+    /// SIGBUS instead of an error, so keep the default unless you know the file system.
+    pub preallocate: bool,
+    /// Persistence mode to map the new pool with.
+    pub mode: ModeRequest,
+}
+
+impl CreateOptions {
+    /// Default geometry (4 KiB root area, 64 lanes of 16 KiB, 4 KiB heap alignment),
+    /// preallocated, automatic mode.
+    pub fn new(layout: impl Into<String>, size: u64) -> CreateOptions {
+        CreateOptions {
+            size,
+            layout: layout.into(),
+            root_size: PAGE,
+            lane_count: 64,
+            lane_size: 16 << 10,
+            heap_align: PAGE,
+            preallocate: true,
+            mode: ModeRequest::Auto,
+        }
+    }
+
+    /// Sets the lane geometry.
+    pub fn lanes(mut self, count: u32, size: u32) -> Self {
+        self.lane_count = count;
+        self.lane_size = size;
+        self
+    }
+
+    /// Sets the root area's size.
+    pub fn root_size(mut self, size: u64) -> Self {
+        self.root_size = size;
+        self
+    }
+
+    /// Sets the heap's alignment.
+    pub fn heap_align(mut self, align: u64) -> Self {
+        self.heap_align = align;
+        self
+    }
+
+    /// Sets whether to preallocate every block.
+    pub fn preallocate(mut self, yes: bool) -> Self {
+        self.preallocate = yes;
+        self
+    }
+
+    /// Sets the persistence mode request.
+    pub fn mode(mut self, mode: ModeRequest) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// How to open an existing pool. The default opens read-write, checks no layout, auto mode.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// The layout name the pool must have; `None` accepts any.
+    pub layout: Option<String>,
+    /// Open for inspection only: a read-only mapping and a shared lock (other read-only
+    /// openers may coexist; a writer may not).
+    pub read_only: bool,
+    /// Persistence mode request.
+    pub mode: ModeRequest,
+}
+
+impl OpenOptions {
+    /// Read-write, expecting `layout`.
+    pub fn new(layout: impl Into<String>) -> OpenOptions {
+        OpenOptions {
+            layout: Some(layout.into()),
+            ..OpenOptions::default()
+        }
+    }
+
+    /// Read-only (see [`OpenOptions::read_only`]).
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.read_only = yes;
+        self
+    }
+
+    /// Sets the persistence mode request.
+    pub fn mode(mut self, mode: ModeRequest) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// What [`Pool::inspect`] learns about a pool file without locking or mapping it.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// The validated header.
+    pub header: PoolHeader,
+    /// The file's length.
+    pub file_len: u64,
+    /// Whether another handle holds the pool open read-write right now.
+    pub locked: bool,
+    /// The persistence mode a read-write open would use now (with the current environment).
+    pub mode: PersistMode,
+}
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An open pool: the file (locked), its validated header, and a shared mapping of it.
+///
+/// The pool layer hands out addresses and bounds-checked offsets; what may be stored where is
+/// the business of the layers above (allocator, transactions), whose safe APIs uphold the
+/// contracts of the `unsafe` accessors here.
+pub struct Pool {
+    map: Mapping,
+    // Holds the flock for as long as the pool is open.
+    _file: File,
+    path: PathBuf,
+    header: Box<PoolHeader>,
+    mode: PersistMode,
+    backend: Backend,
+    read_only: bool,
+    id: u64,
+    poisoned: AtomicBool,
+    counters: SharedCounters,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("path", &self.path)
+            .field("size", &self.header.pool_size)
+            .field("layout", &self.header.layout_name())
+            .field("mode", &self.mode)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Creates a new pool file at `path` and opens it read-write.
+    ///
+    /// Refuses an existing path. Allocates every block (`posix_fallocate`), `fsync`s, then
+    /// writes the header and `fsync`s the file and its directory, so a crash at any point
+    /// leaves either no file, or a file that [`Pool::open`] rejects with
+    /// [`PoolError::Incomplete`], or a complete pool. On failure the partial file is removed.
+    pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Pool> {
+        let path = path.as_ref();
+        validate_layout_name(&opts.layout)?;
+        if opts.size < MIN_POOL_SIZE {
+            return Err(PoolError::SizeTooSmall {
+                size: opts.size,
+                min: MIN_POOL_SIZE,
+            });
+        }
+        if opts.size > MAX_POOL_SIZE {
+            return Err(PoolError::SizeTooLarge {
+                size: opts.size,
+                max: MAX_POOL_SIZE,
+            });
+        }
+        if opts.size % PAGE != 0 {
+            return Err(PoolError::SizeNotAligned {
+                size: opts.size,
+                align: PAGE,
+            });
+        }
+        let geometry = Geometry::plan(
+            opts.size,
+            opts.root_size,
+            opts.lane_count,
+            opts.lane_size,
+            opts.heap_align,
+        )?;
+        let mode = opts.mode.resolve()?;
+
+        let file = FsOpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| PoolError::from_open(path, "create", e))?;
+        let mut guard = RemoveOnDrop(Some(path));
+        if !file::try_lock(&file, true).map_err(|e| PoolError::io(path, "flock", e))? {
+            // Someone opened the new file between our create and lock: leave it to them.
+            guard.0 = None;
+            return Err(PoolError::Locked { path: path.into() });
+        }
+        if opts.preallocate {
+            file::preallocate(&file, opts.size).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC) => PoolError::NoSpace {
+                    path: path.into(),
+                    size: opts.size,
+                },
+                _ => PoolError::io(path, "posix_fallocate", e),
+            })?;
+        } else {
+            file.set_len(opts.size).map_err(|e| PoolError::io(path, "ftruncate", e))?;
+        }
+        // The allocation must be durable before the header that makes the pool valid.
+        file.sync_all().map_err(|e| PoolError::io(path, "fsync", e))?;
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let header = PoolHeader::new(
+            opts.size,
+            &opts.layout,
+            geometry,
+            *uuid::Uuid::new_v4().as_bytes(),
+            created,
+        );
+        file.write_all_at(header.as_bytes(), 0)
+            .map_err(|e| PoolError::io(path, "write header", e))?;
+        file.sync_all().map_err(|e| PoolError::io(path, "fsync", e))?;
+        file::sync_parent_dir(path).map_err(|e| PoolError::io(path, "fsync directory", e))?;
+        let pool = Pool::map_validated(file, path, header, false, mode)?;
+        guard.0 = None;
+        Ok(pool)
+    }
+
+    /// Opens an existing pool: locks it (exclusively, or shared when read-only), validates the
+    /// header and the file's size, checks the layout name if one is given, and maps it.
+    /// Every failure is a distinct [`PoolError`], and the file is never modified.
+    pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Pool> {
+        let path = path.as_ref();
+        let mode = opts.mode.resolve()?;
+        let file = open_file(path, !opts.read_only)?;
+        if !file::try_lock(&file, !opts.read_only).map_err(|e| PoolError::io(path, "flock", e))? {
+            return Err(PoolError::Locked { path: path.into() });
+        }
+        let header = read_header(&file, path, !opts.read_only, opts.layout.as_deref())?;
+        Pool::map_validated(file, path, header, opts.read_only, mode)
+    }
+
+    /// Reads and validates a pool's header without locking or mapping it (for `pmstore info`).
+    pub fn inspect(path: impl AsRef<Path>, layout: Option<&str>) -> Result<Inspection> {
+        let path = path.as_ref();
+        let request = ModeRequest::Auto.resolve()?;
+        let file = open_file(path, false)?;
+        let header = read_header(&file, path, false, layout)?;
+        let locked = !file::try_lock(&file, false).map_err(|e| PoolError::io(path, "flock", e))?;
+        if !locked {
+            file::unlock(&file);
+        }
+        let sync = request != ModeRequest::Msync && mapping::probe_sync(file.as_fd());
+        let mode = match request {
+            _ if sync => PersistMode::MapSync,
+            ModeRequest::Flush => PersistMode::ForcedFlush,
+            _ => PersistMode::Msync,
+        };
+        Ok(Inspection {
+            header,
+            file_len: header.pool_size,
+            locked,
+            mode,
+        })
+    }
+
+    fn map_validated(
+        file: File,
+        path: &Path,
+        header: PoolHeader,
+        read_only: bool,
+        request: ModeRequest,
+    ) -> Result<Pool> {
+        let len = usize::try_from(header.pool_size).expect("pool size fits the address space");
+        let map_err = |e| PoolError::io(path, "mmap", e);
+        let (map, mode) = match request {
+            ModeRequest::Msync => (Mapping::map(file.as_fd(), len, !read_only, false).map_err(map_err)?, PersistMode::Msync),
+            ModeRequest::Auto | ModeRequest::Flush => match Mapping::map(file.as_fd(), len, !read_only, true) {
+                Ok(m) => (m, PersistMode::MapSync),
+                Err(e) if mapping::is_sync_unsupported(&e) => {
+                    let m = Mapping::map(file.as_fd(), len, !read_only, false).map_err(map_err)?;
+                    let mode = if request == ModeRequest::Flush {
+                        PersistMode::ForcedFlush
+                    } else {
+                        PersistMode::Msync
+                    };
+                    (m, mode)
+                }
+                Err(e) => return Err(map_err(e)),
+            },
+        };
+        let backend = if mode.uses_cache_flush() {
+            Backend::Flush(FlushInstr::detect())
+        } else {
+            Backend::Msync { page: system_page_size() }
+        };
+        Ok(Pool {
+            map,
+            _file: file,
+            path: path.to_path_buf(),
+            header: Box::new(header),
+            mode,
+            backend,
+            read_only,
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            poisoned: AtomicBool::new(false),
+            counters: SharedCounters::default(),
+        })
+    }
+
+    /// The path the pool was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pool's (validated, immutable) header.
+    pub fn header(&self) -> &PoolHeader {
+        &self.header
+    }
+
+    /// Where the root area, lanes and heap lie.
+    pub fn geometry(&self) -> Geometry {
+        self.header.geometry()
+    }
+
+    /// Total size of the pool in bytes.
+    pub fn size(&self) -> u64 {
+        self.header.pool_size
+    }
+
+    /// How stores are made durable in this pool.
+    pub fn persistence(&self) -> PersistMode {
+        self.mode
+    }
+
+    /// The cache-flush instruction in use (flush modes only).
+    pub fn flush_instr(&self) -> Option<FlushInstr> {
+        match self.backend {
+            Backend::Flush(i) => Some(i),
+            Backend::Msync { .. } => None,
+        }
+    }
+
+    /// Whether the pool was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether an earlier msync failed (see [`PoolError::Poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Pool-wide persistence counters: everything drained through any context so far.
+    pub fn counters(&self) -> PersistCounters {
+        self.counters.total()
+    }
+
+    /// A new context for flushing and draining (one per thread or lane).
+    pub fn flush_context(&self) -> FlushContext {
+        FlushContext::new(self.id)
+    }
+
+    /// Panics unless `[offset, offset + len)` lies inside the pool.
+    #[inline]
+    fn check_range(&self, offset: u64, len: u64) {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.header.pool_size),
+            "range [{offset:#x}, +{len:#x}) is outside the pool of {:#x} bytes",
+            self.header.pool_size
+        );
+    }
+
+    /// The address of pool offset `offset`, for a range of `len` bytes starting there.
+    ///
+    /// Computing the address is safe; reading or writing through it is `unsafe` and needs the
+    /// caller to rule out data races with every other access to those bytes, and (for writes)
+    /// a read-write pool. The address is valid until the pool is dropped.
+    ///
+    /// # Panics
+    /// If the range is not inside the pool.
+    #[inline]
+    pub fn ptr_at(&self, offset: u64, len: u64) -> NonNull<u8> {
+        self.check_range(offset, len);
+        // SAFETY: offset < pool size = mapping length, checked above.
+        unsafe { self.map.ptr().add(offset as usize) }
+    }
+
+    /// Copies `dst.len()` bytes from pool offset `offset` into `dst`.
+    ///
+    /// # Safety
+    /// No other thread writes any of those bytes during the call.
+    ///
+    /// # Panics
+    /// If the range is not inside the pool.
+    pub unsafe fn read(&self, offset: u64, dst: &mut [u8]) {
+        let src = self.ptr_at(offset, dst.len() as u64);
+        // SAFETY: the range is inside the mapping (ptr_at); the caller rules out races.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Stores `src` at pool offset `offset` with ordinary stores (not flushed).
+    ///
+    /// # Safety
+    /// No other thread reads or writes any of those bytes during the call, and no reference
+    /// to them is live.
+    ///
+    /// # Panics
+    /// If the range is not inside the pool, or the pool is read-only.
+    pub unsafe fn write(&self, offset: u64, src: &[u8]) {
+        assert!(!self.read_only, "write to a read-only pool");
+        let dst = self.ptr_at(offset, src.len() as u64);
+        // SAFETY: the range is inside the writable mapping; the caller rules out races.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), src.len()) };
+    }
+
+    /// Flushes `[offset, offset + len)` through `ctx`: in flush modes writes back each touched
+    /// cache line once; in msync mode records the touched pages. Durable at the next
+    /// [`drain`](Pool::drain) of the same context.
+    ///
+    /// # Panics
+    /// If the range is not inside the pool, or `ctx` belongs to another pool.
+    #[inline]
+    pub fn flush(&self, ctx: &mut FlushContext, offset: u64, len: u64) {
+        self.check_range(offset, len);
+        assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
+        if len == 0 {
+            return;
+        }
+        match self.backend {
+            Backend::Flush(instr) => {
+                // SAFETY: the range is inside the mapping (checked above).
+                let lines = unsafe {
+                    cpu::flush_range(instr, self.map.ptr().as_ptr().add(offset as usize), len as usize)
+                };
+                ctx.pending.lines_flushed += lines;
+                ctx.total.lines_flushed += lines;
+            }
+            Backend::Msync { page } => {
+                ctx.dirty.add(offset / page, (offset + len).div_ceil(page));
+            }
+        }
+    }
+
+    /// Makes everything flushed through `ctx` durable: one `sfence` in flush modes; in msync
+    /// mode one `msync` per maximal run of recorded pages, after which they are clean.
+    ///
+    /// # Errors
+    /// [`PoolError::Msync`] if an msync fails (the pool is then poisoned), and
+    /// [`PoolError::Poisoned`] on every drain after that.
+    pub fn drain(&self, ctx: &mut FlushContext) -> Result<()> {
+        assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(PoolError::Poisoned);
+        }
+        let mut step = PersistCounters {
+            drains: 1,
+            ..PersistCounters::default()
+        };
+        let result = match self.backend {
+            Backend::Flush(_) => {
+                cpu::sfence();
+                Ok(())
+            }
+            Backend::Msync { page } => self.msync_dirty(&mut ctx.dirty, page, &mut step),
+        };
+        ctx.total += step;
+        ctx.pending += step;
+        self.counters.add(ctx.id as usize, &ctx.pending);
+        ctx.pending = PersistCounters::default();
+        result
+    }
+
+    fn msync_dirty(&self, dirty: &mut DirtyPages, page: u64, step: &mut PersistCounters) -> Result<()> {
+        let runs = dirty.coalesce();
+        let mut done = 0;
+        let mut result = Ok(());
+        for &(first, end) in runs {
+            let offset = first * page;
+            let len = (end * page).min(self.header.pool_size) - offset;
+            step.msync_calls += 1;
+            match msync_hook(&self.map, offset as usize, len as usize) {
+                Ok(()) => {
+                    step.msync_bytes += len;
+                    done += 1;
+                }
+                Err(source) => {
+                    // After a write-back error nothing can be promised: poison the pool.
+                    self.poisoned.store(true, Ordering::Relaxed);
+                    result = Err(PoolError::Msync {
+                        offset,
+                        len,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        dirty.mark_clean(done);
+        result
+    }
+
+    /// `flush` then `drain`.
+    pub fn persist(&self, ctx: &mut FlushContext, offset: u64, len: u64) -> Result<()> {
+        self.flush(ctx, offset, len);
+        self.drain(ctx)
+    }
+
+    /// Copies `src` to pool offset `offset` and flushes it through `ctx` (durable at the next
+    /// drain). In flush modes, copies of [`NT_THRESHOLD`] bytes or more use non-temporal stores
+    /// for whole cache lines, which bypass the cache and need no flush.
+    ///
+    /// # Safety
+    /// As [`Pool::write`]: no other thread accesses those bytes during the call, and no
+    /// reference to them is live.
+    ///
+    /// # Panics
+    /// If the range is not inside the pool, the pool is read-only, or `ctx` belongs to
+    /// another pool.
+    pub unsafe fn copy_nodrain(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) {
+        match self.backend {
+            Backend::Flush(instr) if src.len() >= NT_THRESHOLD => {
+                assert!(!self.read_only, "write to a read-only pool");
+                assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
+                let dst = self.ptr_at(offset, src.len() as u64);
+                // SAFETY: the range is inside the writable mapping; the caller rules out races;
+                // `src` is a live slice, so it cannot overlap the exclusively-owned destination.
+                let (lines, nt) = unsafe { cpu::copy_nt(instr, dst.as_ptr(), src.as_ptr(), src.len()) };
+                ctx.pending.lines_flushed += lines;
+                ctx.total.lines_flushed += lines;
+                ctx.pending.nt_bytes += nt;
+                ctx.total.nt_bytes += nt;
+            }
+            _ => {
+                // SAFETY: the caller's contract is write's.
+                unsafe { self.write(offset, src) };
+                self.flush(ctx, offset, src.len() as u64);
+            }
+        }
+    }
+
+    /// [`copy_nodrain`](Pool::copy_nodrain) then [`drain`](Pool::drain).
+    ///
+    /// # Safety
+    /// As [`Pool::copy_nodrain`].
+    pub unsafe fn copy_persist(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.copy_nodrain(ctx, offset, src) };
+        self.drain(ctx)
+    }
+}
+
+/// Opens the pool file for reading (and writing), checking it is a regular file.
+fn open_file(path: &Path, writable: bool) -> Result<File> {
+    let file = FsOpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| PoolError::from_open(path, "open", e))?;
+    let meta = file.metadata().map_err(|e| PoolError::io(path, "fstat", e))?;
+    if !meta.file_type().is_file() {
+        return Err(PoolError::NotARegularFile { path: path.into() });
+    }
+    Ok(file)
+}
+
+/// Reads the header page and validates it against the file and the expected layout.
+fn read_header(file: &File, path: &Path, writable: bool, layout: Option<&str>) -> Result<PoolHeader> {
+    let len = file.metadata().map_err(|e| PoolError::io(path, "fstat", e))?.len();
+    if len == 0 {
+        return Err(PoolError::EmptyFile { path: path.into() });
+    }
+    if len < HEADER_SIZE as u64 {
+        return Err(PoolError::Truncated {
+            path: path.into(),
+            actual: len,
+            expected: HEADER_SIZE as u64,
+        });
+    }
+    let mut page = [0u8; HEADER_SIZE];
+    file.read_exact_at(&mut page, 0)
+        .map_err(|e| PoolError::io(path, "read header", e))?;
+    let header = PoolHeader::validate(&page, path, writable)?;
+    if len < header.pool_size {
+        return Err(PoolError::Truncated {
+            path: path.into(),
+            actual: len,
+            expected: header.pool_size,
+        });
+    }
+    if len > header.pool_size {
+        return Err(PoolError::SizeMismatch {
+            path: path.into(),
+            actual: len,
+            expected: header.pool_size,
+        });
+    }
+    if let Some(expected) = layout {
+        let found = header.layout_name();
+        if found != expected {
+            return Err(PoolError::LayoutMismatch {
+                path: path.into(),
+                expected: expected.into(),
+                found,
+            });
+        }
+    }
+    Ok(header)
+}
+
+fn system_page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the running system.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        PAGE
+    }
+}
+
+/// Removes a partially created pool file unless disarmed.
+struct RemoveOnDrop<'a>(Option<&'a Path>);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+            let _ = file::sync_parent_dir(p);
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[inline]
+fn msync_hook(map: &Mapping, offset: usize, len: usize) -> std::io::Result<()> {
+    map.msync(offset, len)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only fault injection: the next msync on this thread fails with this errno.
+    static FAIL_NEXT_MSYNC: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn msync_hook(map: &Mapping, offset: usize, len: usize) -> std::io::Result<()> {
+    match FAIL_NEXT_MSYNC.with(|f| f.take()) {
+        Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+        None => map.msync(offset, len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msync_failure_is_returned_and_poisons_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pool");
+        let pool = Pool::create(&path, &CreateOptions::new("t", MIN_POOL_SIZE).mode(ModeRequest::Msync)).unwrap();
+        let mut ctx = pool.flush_context();
+        let off = pool.geometry().heap_offset;
+        // SAFETY: single-threaded test, no references into the pool.
+        unsafe { pool.write(off, &[1; 8]) };
+        pool.flush(&mut ctx, off, 8);
+        FAIL_NEXT_MSYNC.with(|f| f.set(Some(libc::EIO)));
+        let e = pool.drain(&mut ctx).unwrap_err();
+        assert!(matches!(&e, PoolError::Msync { source, .. } if source.raw_os_error() == Some(libc::EIO)), "{e}");
+        assert!(pool.is_poisoned());
+        // Never swallowed: every later durability point fails too.
+        pool.flush(&mut ctx, off, 8);
+        assert!(matches!(pool.drain(&mut ctx), Err(PoolError::Poisoned)));
+        drop(pool);
+        // Reopening starts afresh.
+        let pool = Pool::open(&path, &OpenOptions::new("t").mode(ModeRequest::Msync)).unwrap();
+        assert!(!pool.is_poisoned());
+    }
+}

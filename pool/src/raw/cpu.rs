@@ -1,0 +1,152 @@
+//! Cache-line flush, store fence and non-temporal copy on x86-64.
+//!
+//! SAFETY reasons used below:
+//! 1. `clwb`, `clflushopt` and `clflush` take an address and never write memory; they fault only
+//!    if the address is not mapped, and every caller passes an address inside a live mapping.
+//! 2. The instruction is available: [`FlushInstr::detect`] chose it from CPUID (`clflush` is
+//!    part of SSE2, the x86-64 baseline).
+//! 3. `sfence` and the SSE2 intrinsics are part of the x86-64 baseline.
+
+use std::arch::asm;
+use std::arch::x86_64::{__m128i, _mm_clflush, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+
+/// Size of a cache line: the granularity of flushing and of the persistence domain.
+pub const CACHE_LINE: usize = 64;
+
+/// The instruction used to write a cache line back to the persistence domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlushInstr {
+    /// `clwb`: writes the line back and may keep it cached (best).
+    Clwb,
+    /// `clflushopt`: writes back and invalidates, weakly ordered (needs `sfence`).
+    Clflushopt,
+    /// `clflush`: writes back and invalidates, strongly ordered (slowest).
+    Clflush,
+}
+
+impl FlushInstr {
+    /// Picks the best instruction the CPU has: `clwb`, else `clflushopt`, else `clflush`.
+    /// `PMSTORE_NO_CLWB=1` and `PMSTORE_NO_CLFLUSHOPT=1` skip the first ones (as PMDK's
+    /// `PMEM_NO_CLWB` / `PMEM_NO_CLFLUSHOPT`), for testing the slower paths.
+    pub fn detect() -> FlushInstr {
+        let no = |var: &str| std::env::var_os(var).is_some_and(|v| v == "1");
+        // CPUID leaf 7, sub-leaf 0, EBX: bit 23 = CLFLUSHOPT, bit 24 = CLWB.
+        #[allow(unused_unsafe)]
+        // SAFETY: (3) `cpuid` is available on every x86-64 CPU; leaf 0 reports the highest leaf.
+        let max_leaf = unsafe { std::arch::x86_64::__cpuid(0) }.eax;
+        let ebx = if max_leaf >= 7 {
+            #[allow(unused_unsafe)]
+            // SAFETY: (3) leaf 7 exists, as leaf 0 just reported.
+            unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.ebx
+        } else {
+            0
+        };
+        if ebx & (1 << 24) != 0 && !no("PMSTORE_NO_CLWB") {
+            FlushInstr::Clwb
+        } else if ebx & (1 << 23) != 0 && !no("PMSTORE_NO_CLFLUSHOPT") {
+            FlushInstr::Clflushopt
+        } else {
+            FlushInstr::Clflush
+        }
+    }
+
+    /// The instruction's mnemonic.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushInstr::Clwb => "clwb",
+            FlushInstr::Clflushopt => "clflushopt",
+            FlushInstr::Clflush => "clflush",
+        }
+    }
+}
+
+/// Flushes every cache line that `[addr, addr + len)` touches, once; returns how many.
+///
+/// # Safety
+/// Every byte of `[addr, addr + len)` lies in one live mapping.
+pub(crate) unsafe fn flush_range(instr: FlushInstr, addr: *const u8, len: usize) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let first = addr as usize & !(CACHE_LINE - 1);
+    let end = addr as usize + len;
+    let lines = (end - first).div_ceil(CACHE_LINE);
+    let mut p = first as *const u8;
+    // One loop per instruction, so the choice is made once per range, not once per line.
+    match instr {
+        FlushInstr::Clwb => {
+            for _ in 0..lines {
+                // SAFETY: (1)(2) `p` is in the line of a byte of the range, inside the mapping.
+                unsafe { asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags)) };
+                p = p.wrapping_add(CACHE_LINE);
+            }
+        }
+        FlushInstr::Clflushopt => {
+            for _ in 0..lines {
+                // SAFETY: (1)(2) as above.
+                unsafe { asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags)) };
+                p = p.wrapping_add(CACHE_LINE);
+            }
+        }
+        FlushInstr::Clflush => {
+            for _ in 0..lines {
+                // SAFETY: (1)(2) as above.
+                unsafe { _mm_clflush(p) };
+                p = p.wrapping_add(CACHE_LINE);
+            }
+        }
+    }
+    lines as u64
+}
+
+/// Store fence: orders every earlier flush and non-temporal store before every later store.
+#[inline]
+pub(crate) fn sfence() {
+    #[allow(unused_unsafe)]
+    // SAFETY: (3) sfence is baseline and has no memory operands.
+    unsafe {
+        _mm_sfence()
+    };
+}
+
+/// Copies `len` bytes with non-temporal stores for the whole cache lines of the destination,
+/// and ordinary stores plus a flush for the partial lines at either end. Needs a drain
+/// (`sfence`) afterwards, like every flush. Returns `(lines flushed, bytes streamed)`.
+///
+/// # Safety
+/// `dst` is valid for writes of `len` bytes inside one live mapping, `src` for reads of `len`
+/// bytes, the two do not overlap, and no other thread accesses `[dst, dst + len)` meanwhile.
+pub(crate) unsafe fn copy_nt(
+    instr: FlushInstr,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+) -> (u64, u64) {
+    let head = (dst as usize).next_multiple_of(CACHE_LINE) - dst as usize;
+    if len < head + CACHE_LINE {
+        // No whole destination line: an ordinary copy and flush.
+        // SAFETY: the caller's contract covers the whole range.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+        // SAFETY: (1) the range is inside the mapping.
+        return (unsafe { flush_range(instr, dst, len) }, 0);
+    }
+    let body = (len - head) / CACHE_LINE * CACHE_LINE;
+    let tail = len - head - body;
+    let mut flushed = 0;
+    // SAFETY: the caller's contract covers `[dst, dst + len)`; head, body and tail partition it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, head);
+        flushed += flush_range(instr, dst, head);
+        let mut d = dst.add(head) as *mut __m128i;
+        let mut s = src.add(head) as *const __m128i;
+        for _ in 0..body / 16 {
+            // (3) SSE2; `d` is 16-byte aligned (it starts on a cache line), `s` is read unaligned.
+            _mm_stream_si128(d, _mm_loadu_si128(s));
+            d = d.add(1);
+            s = s.add(1);
+        }
+        std::ptr::copy_nonoverlapping(src.add(head + body), dst.add(head + body), tail);
+        flushed += flush_range(instr, dst.add(head + body), tail);
+    }
+    (flushed, body as u64)
+}
