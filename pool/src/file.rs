@@ -9,10 +9,31 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// Takes `flock` on the whole file without blocking: exclusive for writers, shared for
-/// read-only inspection. Returns `Ok(false)` if another open file description holds a
-/// conflicting lock (in this process or another). The lock lasts as long as the `File`.
+/// How long [`try_lock`] keeps trying before it reports a conflict.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Takes `flock` on the whole file: exclusive for writers, shared for read-only inspection.
+/// Returns `Ok(false)` if another open file description holds a conflicting lock (in this
+/// process or another). The lock lasts as long as the `File`.
+///
+/// A `flock` belongs to the open file description, and a child process forked by any thread
+/// shares the parent's descriptions until its `exec` closes them (`O_CLOEXEC`): a pool closed
+/// just before a `fork` can still look locked for that instant. So a conflict is retried for
+/// up to 50 ms before it is reported.
 pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(100);
+    while !try_lock_once(file, exclusive)? {
+        if start.elapsed() >= LOCK_PATIENCE {
+            return Ok(false);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
+    }
+    Ok(true)
+}
+
+fn try_lock_once(file: &File, exclusive: bool) -> io::Result<bool> {
     let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
     loop {
         // SAFETY: (1)

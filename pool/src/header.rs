@@ -187,18 +187,21 @@ impl Geometry {
             return bad(format!("heap alignment {heap_align} is not a power of two >= 4096"));
         }
         let root_offset = HEADER_SIZE as u64;
-        let lanes_offset = root_offset + root_size;
-        let lanes_end = lanes_offset + u64::from(lane_count) * u64::from(lane_size);
-        let heap_offset = lanes_end.next_multiple_of(heap_align);
+        let lanes_offset = root_offset.checked_add(root_size);
+        let lanes_len = u64::from(lane_count) * u64::from(lane_size);
+        let heap_offset = lanes_offset
+            .and_then(|l| l.checked_add(lanes_len))
+            .and_then(|end| end.checked_next_multiple_of(heap_align))
+            .unwrap_or(u64::MAX);
         if heap_offset >= pool_size {
             return bad(format!(
-                "header, root area and lanes end at {heap_offset}, leaving no heap in a pool of {pool_size} bytes"
+                "root area of {root_size} bytes and {lane_count} lanes of {lane_size} bytes leave no heap in a pool of {pool_size} bytes"
             ));
         }
         Ok(Geometry {
             root_offset,
             root_size,
-            lanes_offset,
+            lanes_offset: root_offset + root_size,
             lane_count,
             lane_size,
             heap_offset,

@@ -11,7 +11,8 @@
 //!   (cost independent of the pool's size); `drain` sorts and coalesces them into maximal runs,
 //!   issues one `msync(MS_SYNC)` per run, and marks them clean.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_utils::CachePadded;
 
@@ -146,39 +147,74 @@ impl std::ops::AddAssign for PersistCounters {
     }
 }
 
-const STRIPES: usize = 16;
+/// Indexes into a [`CounterBlock`].
+pub(crate) const LINES: usize = 0;
+pub(crate) const NT_BYTES: usize = 1;
+pub(crate) const DRAINS: usize = 2;
+pub(crate) const MSYNC_CALLS: usize = 3;
+pub(crate) const MSYNC_BYTES: usize = 4;
 
-/// Pool-wide counters, striped so that contexts on different threads do not share a cache line.
+/// One context's counters, on a cache line of their own. Only the owning context writes them
+/// (a plain load and store: no locked instruction, which after an `sfence` would stall until
+/// every outstanding write-back completed); anyone may read them.
 #[derive(Default)]
-pub(crate) struct SharedCounters {
-    stripes: [CachePadded<[AtomicU64; 5]>; STRIPES],
+pub(crate) struct CounterBlock {
+    c: [AtomicU64; 5],
 }
 
-impl SharedCounters {
-    pub(crate) fn add(&self, stripe: usize, c: &PersistCounters) {
-        let s = &self.stripes[stripe % STRIPES];
-        let vals = [c.lines_flushed, c.nt_bytes, c.drains, c.msync_calls, c.msync_bytes];
-        for (a, v) in s.iter().zip(vals) {
-            if v != 0 {
-                a.fetch_add(v, Ordering::Relaxed);
-            }
-        }
+impl CounterBlock {
+    #[inline]
+    pub(crate) fn bump(&self, i: usize, v: u64) {
+        let a = &self.c[i];
+        a.store(a.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
     }
 
-    pub(crate) fn total(&self) -> PersistCounters {
-        let mut t = [0u64; 5];
-        for s in &self.stripes {
-            for (acc, a) in t.iter_mut().zip(s.iter()) {
-                *acc += a.load(Ordering::Relaxed);
-            }
-        }
+    fn read(&self) -> PersistCounters {
+        let g = |i: usize| self.c[i].load(Ordering::Relaxed);
         PersistCounters {
-            lines_flushed: t[0],
-            nt_bytes: t[1],
-            drains: t[2],
-            msync_calls: t[3],
-            msync_bytes: t[4],
+            lines_flushed: g(LINES),
+            nt_bytes: g(NT_BYTES),
+            drains: g(DRAINS),
+            msync_calls: g(MSYNC_CALLS),
+            msync_bytes: g(MSYNC_BYTES),
         }
+    }
+}
+
+type SharedBlock = Arc<CachePadded<CounterBlock>>;
+
+/// A pool's counter blocks, one per live context (a dropped context's block is handed to the
+/// next new context, so the pool's totals keep everything ever counted and the number of
+/// blocks stays at the most contexts alive at once).
+#[derive(Default)]
+pub(crate) struct CounterRegistry {
+    blocks: Mutex<Vec<SharedBlock>>,
+}
+
+impl CounterRegistry {
+    fn acquire(&self) -> SharedBlock {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        // Only `acquire` (under this lock) adds references, so a block whose only reference is
+        // ours has no owner and cannot get one behind our back.
+        if let Some(b) = blocks.iter().find(|b| Arc::strong_count(b) == 1) {
+            // Pairs with the Release decrement of the previous owner's drop: its last counts
+            // happen-before our reads and writes.
+            fence(Ordering::Acquire);
+            return Arc::clone(b);
+        }
+        let b = SharedBlock::default();
+        blocks.push(Arc::clone(&b));
+        b
+    }
+
+    /// The sum over every block: everything counted in this pool so far.
+    pub(crate) fn total(&self) -> PersistCounters {
+        let blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = PersistCounters::default();
+        for b in blocks.iter() {
+            t += b.read();
+        }
+        t
     }
 }
 
@@ -190,20 +226,17 @@ pub(crate) struct DirtyPages {
 }
 
 impl DirtyPages {
-    /// Records pages `[first, end)`.
+    /// Records pages `[first, end)`. A range that touches one of the last few runs merges
+    /// into it, so flushes that alternate among a few pages do not grow the list.
     pub(crate) fn add(&mut self, first: u64, end: u64) {
-        if let Some(last) = self.runs.last_mut() {
-            if first <= last.1 && end >= last.0 {
-                last.0 = last.0.min(first);
-                last.1 = last.1.max(end);
+        for run in self.runs.iter_mut().rev().take(8) {
+            if first <= run.1 && end >= run.0 {
+                run.0 = run.0.min(first);
+                run.1 = run.1.max(end);
                 return;
             }
         }
         self.runs.push((first, end));
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.runs.is_empty()
     }
 
     /// Sorts and merges the runs into maximal disjoint runs, in place.
@@ -229,40 +262,49 @@ impl DirtyPages {
     }
 }
 
-static NEXT_CONTEXT: AtomicU64 = AtomicU64::new(0);
-
 /// One thread's (or lane's) handle on the persistence domain: the ranges it flushed since its
 /// last drain, and its own counters. Obtain one with [`Pool::flush_context`](crate::Pool::flush_context).
-#[derive(Debug)]
 pub struct FlushContext {
     pub(crate) pool_id: u64,
-    pub(crate) id: u64,
     pub(crate) dirty: DirtyPages,
-    /// Counted since the last drain; folded into the pool's counters at each drain.
-    pub(crate) pending: PersistCounters,
-    /// Everything this context ever did, drained or not.
-    pub(crate) total: PersistCounters,
+    /// Whether anything was flushed since the last drain.
+    pub(crate) pending: bool,
+    pub(crate) counters: SharedBlock,
+    /// The block's counts when this context got it.
+    base: PersistCounters,
+}
+
+impl std::fmt::Debug for FlushContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushContext")
+            .field("pending", &self.pending)
+            .field("dirty_runs", &self.dirty.runs.len())
+            .field("counters", &self.counters())
+            .finish()
+    }
 }
 
 impl FlushContext {
-    pub(crate) fn new(pool_id: u64) -> FlushContext {
+    pub(crate) fn new(pool_id: u64, registry: &CounterRegistry) -> FlushContext {
+        let counters = registry.acquire();
+        let base = counters.read();
         FlushContext {
             pool_id,
-            id: NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed),
             dirty: DirtyPages::default(),
-            pending: PersistCounters::default(),
-            total: PersistCounters::default(),
+            pending: false,
+            counters,
+            base,
         }
     }
 
     /// Everything this context has flushed, drained and msynced since it was made.
     pub fn counters(&self) -> PersistCounters {
-        self.total
+        self.counters.read() - self.base
     }
 
     /// Whether ranges were flushed (or pages recorded) since the last drain.
     pub fn has_pending(&self) -> bool {
-        !self.dirty.is_empty() || self.pending.lines_flushed != 0 || self.pending.nt_bytes != 0
+        self.pending
     }
 }
 
@@ -282,11 +324,29 @@ mod tests {
     }
 
     #[test]
-    fn repeated_flushes_of_one_page_stay_one_run() {
+    fn repeated_flushes_of_a_few_pages_stay_a_few_runs() {
         let mut d = DirtyPages::default();
-        for _ in 0..1000 {
+        for i in 0..1000 {
             d.add(7, 8);
+            d.add(100 + i % 3 * 10, 101 + i % 3 * 10);
         }
-        assert_eq!(d.runs.len(), 1);
+        assert_eq!(d.runs.len(), 4);
+    }
+
+    #[test]
+    fn counter_blocks_are_reused_and_totals_kept() {
+        let reg = CounterRegistry::default();
+        let a = FlushContext::new(1, &reg);
+        a.counters.bump(DRAINS, 3);
+        drop(a);
+        let b = FlushContext::new(1, &reg);
+        let c = FlushContext::new(1, &reg);
+        assert_eq!(b.counters(), PersistCounters::default());
+        b.counters.bump(DRAINS, 1);
+        c.counters.bump(LINES, 5);
+        assert_eq!(b.counters().drains, 1);
+        assert_eq!(reg.total().drains, 4);
+        assert_eq!(reg.total().lines_flushed, 5);
+        assert_eq!(reg.blocks.lock().unwrap().len(), 2);
     }
 }

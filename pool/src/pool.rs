@@ -12,7 +12,10 @@ use crate::file;
 use crate::header::{
     validate_layout_name, Geometry, PoolHeader, HEADER_SIZE, MAX_POOL_SIZE, MIN_POOL_SIZE, PAGE,
 };
-use crate::persist::{Backend, DirtyPages, FlushContext, ModeRequest, PersistCounters, PersistMode, SharedCounters};
+use crate::persist::{
+    Backend, CounterRegistry, FlushContext, ModeRequest, PersistCounters, PersistMode, DRAINS, LINES,
+    MSYNC_BYTES, MSYNC_CALLS, NT_BYTES,
+};
 use crate::raw::cpu::{self, FlushInstr};
 use crate::raw::mapping::{self, Mapping};
 
@@ -130,7 +133,7 @@ impl OpenOptions {
 pub struct Inspection {
     /// The validated header.
     pub header: PoolHeader,
-    /// The file's length.
+    /// The file's length (validation guarantees it equals `header.pool_size`).
     pub file_len: u64,
     /// Whether another handle holds the pool open read-write right now.
     pub locked: bool,
@@ -156,7 +159,7 @@ pub struct Pool {
     read_only: bool,
     id: u64,
     poisoned: AtomicBool,
-    counters: SharedCounters,
+    counters: CounterRegistry,
 }
 
 impl std::fmt::Debug for Pool {
@@ -218,8 +221,7 @@ impl Pool {
             .map_err(|e| PoolError::from_open(path, "create", e))?;
         let mut guard = RemoveOnDrop(Some(path));
         if !file::try_lock(&file, true).map_err(|e| PoolError::io(path, "flock", e))? {
-            // Someone opened the new file between our create and lock: leave it to them.
-            guard.0 = None;
+            // Someone opened our new, still empty file and holds it: it is ours to remove.
             return Err(PoolError::Locked { path: path.into() });
         }
         if opts.preallocate {
@@ -332,7 +334,7 @@ impl Pool {
             read_only,
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             poisoned: AtomicBool::new(false),
-            counters: SharedCounters::default(),
+            counters: CounterRegistry::default(),
         })
     }
 
@@ -379,14 +381,14 @@ impl Pool {
         self.poisoned.load(Ordering::Relaxed)
     }
 
-    /// Pool-wide persistence counters: everything drained through any context so far.
+    /// Pool-wide persistence counters: everything counted by any of its contexts so far.
     pub fn counters(&self) -> PersistCounters {
         self.counters.total()
     }
 
     /// A new context for flushing and draining (one per thread or lane).
     pub fn flush_context(&self) -> FlushContext {
-        FlushContext::new(self.id)
+        FlushContext::new(self.id, &self.counters)
     }
 
     /// Panics unless `[offset, offset + len)` lies inside the pool.
@@ -461,13 +463,13 @@ impl Pool {
                 let lines = unsafe {
                     cpu::flush_range(instr, self.map.ptr().as_ptr().add(offset as usize), len as usize)
                 };
-                ctx.pending.lines_flushed += lines;
-                ctx.total.lines_flushed += lines;
+                ctx.counters.bump(LINES, lines);
             }
             Backend::Msync { page } => {
                 ctx.dirty.add(offset / page, (offset + len).div_ceil(page));
             }
         }
+        ctx.pending = true;
     }
 
     /// Makes everything flushed through `ctx` durable: one `sfence` in flush modes; in msync
@@ -481,35 +483,33 @@ impl Pool {
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(PoolError::Poisoned);
         }
-        let mut step = PersistCounters {
-            drains: 1,
-            ..PersistCounters::default()
-        };
-        let result = match self.backend {
+        if !ctx.pending {
+            // Nothing flushed through this context since its last drain: nothing to order.
+            return Ok(());
+        }
+        ctx.pending = false;
+        ctx.counters.bump(DRAINS, 1);
+        match self.backend {
             Backend::Flush(_) => {
                 cpu::sfence();
                 Ok(())
             }
-            Backend::Msync { page } => self.msync_dirty(&mut ctx.dirty, page, &mut step),
-        };
-        ctx.total += step;
-        ctx.pending += step;
-        self.counters.add(ctx.id as usize, &ctx.pending);
-        ctx.pending = PersistCounters::default();
-        result
+            Backend::Msync { page } => self.msync_dirty(ctx, page),
+        }
     }
 
-    fn msync_dirty(&self, dirty: &mut DirtyPages, page: u64, step: &mut PersistCounters) -> Result<()> {
+    fn msync_dirty(&self, ctx: &mut FlushContext, page: u64) -> Result<()> {
+        let FlushContext { dirty, counters, .. } = ctx;
         let runs = dirty.coalesce();
         let mut done = 0;
         let mut result = Ok(());
         for &(first, end) in runs {
             let offset = first * page;
             let len = (end * page).min(self.header.pool_size) - offset;
-            step.msync_calls += 1;
+            counters.bump(MSYNC_CALLS, 1);
             match msync_hook(&self.map, offset as usize, len as usize) {
                 Ok(()) => {
-                    step.msync_bytes += len;
+                    counters.bump(MSYNC_BYTES, len);
                     done += 1;
                 }
                 Err(source) => {
@@ -554,10 +554,9 @@ impl Pool {
                 // SAFETY: the range is inside the writable mapping; the caller rules out races;
                 // `src` is a live slice, so it cannot overlap the exclusively-owned destination.
                 let (lines, nt) = unsafe { cpu::copy_nt(instr, dst.as_ptr(), src.as_ptr(), src.len()) };
-                ctx.pending.lines_flushed += lines;
-                ctx.total.lines_flushed += lines;
-                ctx.pending.nt_bytes += nt;
-                ctx.total.nt_bytes += nt;
+                ctx.counters.bump(LINES, lines);
+                ctx.counters.bump(NT_BYTES, nt);
+                ctx.pending = true;
             }
             _ => {
                 // SAFETY: the caller's contract is write's.
@@ -580,10 +579,12 @@ impl Pool {
 
 /// Opens the pool file for reading (and writing), checking it is a regular file.
 fn open_file(path: &Path, writable: bool) -> Result<File> {
+    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer (it is refused just
+    // below); on a regular file the flag has no effect.
     let file = FsOpenOptions::new()
         .read(true)
         .write(writable)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| PoolError::from_open(path, "open", e))?;
     let meta = file.metadata().map_err(|e| PoolError::io(path, "fstat", e))?;

@@ -6,6 +6,7 @@
 //! 2. The instruction is available: [`FlushInstr::detect`] chose it from CPUID (`clflush` is
 //!    part of SSE2, the x86-64 baseline).
 //! 3. `sfence` and the SSE2 intrinsics are part of the x86-64 baseline.
+//! 4. AVX intrinsics run only where `is_x86_feature_detected!("avx")` said the CPU has AVX.
 
 use std::arch::asm;
 use std::arch::x86_64::{__m128i, _mm_clflush, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
@@ -137,16 +138,52 @@ pub(crate) unsafe fn copy_nt(
     unsafe {
         std::ptr::copy_nonoverlapping(src, dst, head);
         flushed += flush_range(instr, dst, head);
-        let mut d = dst.add(head) as *mut __m128i;
-        let mut s = src.add(head) as *const __m128i;
-        for _ in 0..body / 16 {
-            // (3) SSE2; `d` is 16-byte aligned (it starts on a cache line), `s` is read unaligned.
-            _mm_stream_si128(d, _mm_loadu_si128(s));
-            d = d.add(1);
-            s = s.add(1);
+        if std::arch::is_x86_feature_detected!("avx") {
+            // (4) AVX is present, just checked.
+            stream_lines_avx(dst.add(head), src.add(head), body);
+        } else {
+            stream_lines_sse2(dst.add(head), src.add(head), body);
         }
         std::ptr::copy_nonoverlapping(src.add(head + body), dst.add(head + body), tail);
         flushed += flush_range(instr, dst.add(head + body), tail);
     }
     (flushed, body as u64)
+}
+
+/// Streams `len` bytes (a multiple of 64) with 16-byte non-temporal stores.
+///
+/// # Safety
+/// As [`copy_nt`], and `dst` is 64-byte aligned.
+unsafe fn stream_lines_sse2(dst: *mut u8, src: *const u8, len: usize) {
+    let mut d = dst as *mut __m128i;
+    let mut s = src as *const __m128i;
+    for _ in 0..len / 16 {
+        // SAFETY: (3) SSE2; `d` is 16-byte aligned (it starts on a cache line) and inside the
+        // destination, `s` is read unaligned from the source.
+        unsafe {
+            _mm_stream_si128(d, _mm_loadu_si128(s));
+            d = d.add(1);
+            s = s.add(1);
+        }
+    }
+}
+
+/// Streams `len` bytes (a multiple of 64) with 32-byte non-temporal stores.
+///
+/// # Safety
+/// As [`copy_nt`], `dst` is 64-byte aligned, and the CPU has AVX.
+#[target_feature(enable = "avx")]
+unsafe fn stream_lines_avx(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+    let mut d = dst as *mut __m256i;
+    let mut s = src as *const __m256i;
+    for _ in 0..len / 32 {
+        // SAFETY: (4) AVX is present (the caller's contract); `d` is 32-byte aligned and inside
+        // the destination, `s` is read unaligned from the source.
+        unsafe {
+            _mm256_stream_si256(d, _mm256_loadu_si256(s));
+            d = d.add(1);
+            s = s.add(1);
+        }
+    }
 }
