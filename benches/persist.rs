@@ -46,7 +46,8 @@ struct Bench {
 
 impl Bench {
     fn new(dir_in: &str, mode: ModeRequest, stride: u64) -> Bench {
-        let dir = tempfile::tempdir_in(dir_in).unwrap_or_else(|e| panic!("tempdir in {dir_in}: {e}"));
+        let dir =
+            tempfile::tempdir_in(dir_in).unwrap_or_else(|e| panic!("tempdir in {dir_in}: {e}"));
         let path = dir.path().join("bench.pool");
         let pool = Pool::create(&path, &CreateOptions::new("bench", POOL_SIZE).mode(mode))
             .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
@@ -60,7 +61,8 @@ impl Bench {
             // SAFETY: this thread owns the pool; no reference into it is live.
             unsafe { pool.write(geo.heap_offset + page, &[0u8; 8]) };
         }
-        pool.persist(&mut ctx, geo.heap_offset, WINDOW).expect("initial persist of the window");
+        pool.persist(&mut ctx, geo.heap_offset, WINDOW)
+            .expect("initial persist of the window");
         Bench {
             pool,
             ctx,
@@ -87,7 +89,12 @@ impl Bench {
     }
 
     /// Runs `ops` operations untimed and prints the counters per operation.
-    fn report_counters(&mut self, name: &str, ops: u64, op: &mut impl FnMut(&Pool, &mut FlushContext, u64)) {
+    fn report_counters(
+        &mut self,
+        name: &str,
+        ops: u64,
+        op: &mut impl FnMut(&Pool, &mut FlushContext, u64),
+    ) {
         let before = self.ctx.counters();
         for _ in 0..ops {
             let off = self.advance();
@@ -137,7 +144,8 @@ fn flush_mode(c: &mut Criterion) {
         // On a machine with a DAX file system at /dev/shm this would be MapSync; either is a
         // flush mode.
         assert!(
-            b.pool.persistence() == PersistMode::ForcedFlush || b.pool.persistence() == PersistMode::MapSync,
+            b.pool.persistence() == PersistMode::ForcedFlush
+                || b.pool.persistence() == PersistMode::MapSync,
             "expected a flush mode, got {}",
             b.pool.persistence()
         );
@@ -152,11 +160,16 @@ fn flush_mode(c: &mut Criterion) {
     });
 
     // 8-byte store, then persist 4 aligned lines (256 B).
-    mk(256).run(&mut g, "persist_4_lines", PROBE_OPS_FLUSH, |pool, ctx, off| {
-        // SAFETY: single-threaded benchmark; no reference into the pool is live.
-        unsafe { pool.write(off, &off.to_le_bytes()) };
-        pool.persist(ctx, off, 256).expect("persist");
-    });
+    mk(256).run(
+        &mut g,
+        "persist_4_lines",
+        PROBE_OPS_FLUSH,
+        |pool, ctx, off| {
+            // SAFETY: single-threaded benchmark; no reference into the pool is live.
+            unsafe { pool.write(off, &off.to_le_bytes()) };
+            pool.persist(ctx, off, 256).expect("persist");
+        },
+    );
 
     let src256 = [0x5au8; 256];
     mk(256).run(&mut g, "copy_nt_256B", PROBE_OPS_FLUSH, |pool, ctx, off| {

@@ -211,6 +211,57 @@ pub enum PoolError {
 }
 
 impl PoolError {
+    /// The variant's name, stable for scripts (`pmstore info --json` reports it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoolError::AlreadyExists { .. } => "AlreadyExists",
+            PoolError::NotFound { .. } => "NotFound",
+            PoolError::PermissionDenied { .. } => "PermissionDenied",
+            PoolError::NotARegularFile { .. } => "NotARegularFile",
+            PoolError::Locked { .. } => "Locked",
+            PoolError::SizeTooSmall { .. } => "SizeTooSmall",
+            PoolError::SizeTooLarge { .. } => "SizeTooLarge",
+            PoolError::SizeNotAligned { .. } => "SizeNotAligned",
+            PoolError::InvalidLayoutName { .. } => "InvalidLayoutName",
+            PoolError::InvalidGeometry { .. } => "InvalidGeometry",
+            PoolError::NoSpace { .. } => "NoSpace",
+            PoolError::EmptyFile { .. } => "EmptyFile",
+            PoolError::Truncated { .. } => "Truncated",
+            PoolError::SizeMismatch { .. } => "SizeMismatch",
+            PoolError::Incomplete { .. } => "Incomplete",
+            PoolError::BadMagic { .. } => "BadMagic",
+            PoolError::UnsupportedVersion { .. } => "UnsupportedVersion",
+            PoolError::ChecksumMismatch { .. } => "ChecksumMismatch",
+            PoolError::UnsupportedIncompatFeatures { .. } => "UnsupportedIncompatFeatures",
+            PoolError::UnsupportedRoCompatFeatures { .. } => "UnsupportedRoCompatFeatures",
+            PoolError::InvalidHeader { .. } => "InvalidHeader",
+            PoolError::LayoutMismatch { .. } => "LayoutMismatch",
+            PoolError::InvalidForceMode { .. } => "InvalidForceMode",
+            PoolError::Msync { .. } => "Msync",
+            PoolError::Poisoned => "Poisoned",
+            PoolError::Io { .. } => "Io",
+        }
+    }
+
+    /// Whether the error is about the file's contents (corrupt, truncated, foreign, or from an
+    /// incompatible version), as opposed to the environment (I/O, permissions, locks).
+    pub fn is_invalid_pool(&self) -> bool {
+        matches!(
+            self,
+            PoolError::EmptyFile { .. }
+                | PoolError::Truncated { .. }
+                | PoolError::SizeMismatch { .. }
+                | PoolError::Incomplete { .. }
+                | PoolError::BadMagic { .. }
+                | PoolError::UnsupportedVersion { .. }
+                | PoolError::ChecksumMismatch { .. }
+                | PoolError::UnsupportedIncompatFeatures { .. }
+                | PoolError::UnsupportedRoCompatFeatures { .. }
+                | PoolError::InvalidHeader { .. }
+                | PoolError::LayoutMismatch { .. }
+        )
+    }
+
     /// Maps an I/O error from opening `path` to the typed variant for the common cases.
     pub(crate) fn from_open(path: &std::path::Path, op: &'static str, e: io::Error) -> Self {
         let path = path.to_path_buf();
@@ -221,7 +272,11 @@ impl PoolError {
             }
             Some(libc::EISDIR) => PoolError::NotARegularFile { path },
             Some(libc::EEXIST) => PoolError::AlreadyExists { path },
-            _ => PoolError::Io { path, op, source: e },
+            _ => PoolError::Io {
+                path,
+                op,
+                source: e,
+            },
         }
     }
 

@@ -34,7 +34,11 @@ pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
 }
 
 fn try_lock_once(file: &File, exclusive: bool) -> io::Result<bool> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
     loop {
         // SAFETY: (1)
         let r = unsafe { libc::flock(file.as_raw_fd(), op) };

@@ -12,7 +12,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{PoolError, Result};
 
 #[cfg(not(target_endian = "little"))]
-compile_error!("pmstore's on-media structs are little-endian and mapped directly: little-endian targets only");
+compile_error!(
+    "pmstore's on-media structs are little-endian and mapped directly: little-endian targets only"
+);
 
 /// Size of the header page. The header occupies the whole first page of the pool.
 pub const HEADER_SIZE: usize = 4096;
@@ -175,16 +177,22 @@ impl Geometry {
     ) -> Result<Geometry> {
         let bad = |m: String| Err(PoolError::InvalidGeometry(m));
         if root_size == 0 || root_size % PAGE != 0 {
-            return bad(format!("root area size {root_size} is not a positive multiple of 4096"));
+            return bad(format!(
+                "root area size {root_size} is not a positive multiple of 4096"
+            ));
         }
         if lane_count == 0 {
             return bad("lane count must be at least 1".into());
         }
         if lane_size == 0 || u64::from(lane_size) % CACHE_LINE != 0 {
-            return bad(format!("lane size {lane_size} is not a positive multiple of 64"));
+            return bad(format!(
+                "lane size {lane_size} is not a positive multiple of 64"
+            ));
         }
         if heap_align < PAGE || !heap_align.is_power_of_two() {
-            return bad(format!("heap alignment {heap_align} is not a power of two >= 4096"));
+            return bad(format!(
+                "heap alignment {heap_align} is not a power of two >= 4096"
+            ));
         }
         let root_offset = HEADER_SIZE as u64;
         let lanes_offset = root_offset.checked_add(root_size);
@@ -251,7 +259,11 @@ impl PoolHeader {
 
     /// The layout name (the bytes before the first NUL, lossily decoded).
     pub fn layout_name(&self) -> String {
-        let end = self.layout.iter().position(|&b| b == 0).unwrap_or(LAYOUT_NAME_MAX);
+        let end = self
+            .layout
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(LAYOUT_NAME_MAX);
         String::from_utf8_lossy(&self.layout[..end]).into_owned()
     }
 
@@ -333,14 +345,19 @@ impl PoolHeader {
     /// Field-by-field checks of a header whose checksum matched.
     fn check_fields(&self) -> std::result::Result<(), String> {
         if self.header_size as usize != HEADER_SIZE {
-            return Err(format!("header_size is {}, expected 4096", self.header_size));
+            return Err(format!(
+                "header_size is {}, expected 4096",
+                self.header_size
+            ));
         }
         if self.uuid == [0; 16] {
             return Err("uuid is all zero".into());
         }
         let size = self.pool_size;
         if !(MIN_POOL_SIZE..=MAX_POOL_SIZE).contains(&size) || size % PAGE != 0 {
-            return Err(format!("pool_size {size} is out of range or not page-aligned"));
+            return Err(format!(
+                "pool_size {size} is out of range or not page-aligned"
+            ));
         }
         validate_layout_bytes(&self.layout)?;
         let g = self.geometry();
@@ -396,7 +413,10 @@ pub(crate) fn validate_layout_name(name: &str) -> Result<()> {
 
 /// Checks the stored layout field: non-empty UTF-8, NUL padding only after the name.
 fn validate_layout_bytes(field: &[u8; LAYOUT_NAME_MAX]) -> std::result::Result<(), String> {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(LAYOUT_NAME_MAX);
+    let end = field
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(LAYOUT_NAME_MAX);
     if end == 0 {
         return Err("layout name is empty".into());
     }
@@ -446,7 +466,9 @@ mod tests {
         h.ro_compat = 1 << 63;
         h.checksum = h.compute_checksum();
         let e = PoolHeader::validate(h.as_bytes(), Path::new("x"), true).unwrap_err();
-        assert!(matches!(e, PoolError::UnsupportedRoCompatFeatures { unknown, .. } if unknown == 1 << 63));
+        assert!(
+            matches!(e, PoolError::UnsupportedRoCompatFeatures { unknown, .. } if unknown == 1 << 63)
+        );
         assert!(PoolHeader::validate(h.as_bytes(), Path::new("x"), false).is_ok());
     }
 

@@ -89,9 +89,9 @@ impl ModeRequest {
             Ok(v) if v == "flush" => Ok(ModeRequest::Flush),
             Ok(v) if v == "msync" => Ok(ModeRequest::Msync),
             Ok(v) => Err(crate::PoolError::InvalidForceMode(v)),
-            Err(std::env::VarError::NotUnicode(v)) => {
-                Err(crate::PoolError::InvalidForceMode(v.to_string_lossy().into_owned()))
-            }
+            Err(std::env::VarError::NotUnicode(v)) => Err(crate::PoolError::InvalidForceMode(
+                v.to_string_lossy().into_owned(),
+            )),
         }
     }
 }
@@ -315,7 +315,15 @@ mod tests {
     #[test]
     fn dirty_pages_coalesce_into_maximal_runs() {
         let mut d = DirtyPages::default();
-        for (a, b) in [(10, 11), (3, 4), (11, 12), (4, 6), (20, 21), (5, 7), (100, 101)] {
+        for (a, b) in [
+            (10, 11),
+            (3, 4),
+            (11, 12),
+            (4, 6),
+            (20, 21),
+            (5, 7),
+            (100, 101),
+        ] {
             d.add(a, b);
         }
         assert_eq!(d.coalesce(), &[(3, 7), (10, 12), (20, 21), (100, 101)]);

@@ -13,8 +13,8 @@ use crate::header::{
     validate_layout_name, Geometry, PoolHeader, HEADER_SIZE, MAX_POOL_SIZE, MIN_POOL_SIZE, PAGE,
 };
 use crate::persist::{
-    Backend, CounterRegistry, FlushContext, ModeRequest, PersistCounters, PersistMode, DRAINS, LINES,
-    MSYNC_BYTES, MSYNC_CALLS, NT_BYTES,
+    Backend, CounterRegistry, FlushContext, ModeRequest, PersistCounters, PersistMode, DRAINS,
+    LINES, MSYNC_BYTES, MSYNC_CALLS, NT_BYTES,
 };
 use crate::raw::cpu::{self, FlushInstr};
 use crate::raw::mapping::{self, Mapping};
@@ -233,10 +233,12 @@ impl Pool {
                 _ => PoolError::io(path, "posix_fallocate", e),
             })?;
         } else {
-            file.set_len(opts.size).map_err(|e| PoolError::io(path, "ftruncate", e))?;
+            file.set_len(opts.size)
+                .map_err(|e| PoolError::io(path, "ftruncate", e))?;
         }
         // The allocation must be durable before the header that makes the pool valid.
-        file.sync_all().map_err(|e| PoolError::io(path, "fsync", e))?;
+        file.sync_all()
+            .map_err(|e| PoolError::io(path, "fsync", e))?;
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -249,7 +251,8 @@ impl Pool {
         );
         file.write_all_at(header.as_bytes(), 0)
             .map_err(|e| PoolError::io(path, "write header", e))?;
-        file.sync_all().map_err(|e| PoolError::io(path, "fsync", e))?;
+        file.sync_all()
+            .map_err(|e| PoolError::io(path, "fsync", e))?;
         file::sync_parent_dir(path).map_err(|e| PoolError::io(path, "fsync directory", e))?;
         let pool = Pool::map_validated(file, path, header, false, mode)?;
         guard.0 = None;
@@ -304,25 +307,33 @@ impl Pool {
         let len = usize::try_from(header.pool_size).expect("pool size fits the address space");
         let map_err = |e| PoolError::io(path, "mmap", e);
         let (map, mode) = match request {
-            ModeRequest::Msync => (Mapping::map(file.as_fd(), len, !read_only, false).map_err(map_err)?, PersistMode::Msync),
-            ModeRequest::Auto | ModeRequest::Flush => match Mapping::map(file.as_fd(), len, !read_only, true) {
-                Ok(m) => (m, PersistMode::MapSync),
-                Err(e) if mapping::is_sync_unsupported(&e) => {
-                    let m = Mapping::map(file.as_fd(), len, !read_only, false).map_err(map_err)?;
-                    let mode = if request == ModeRequest::Flush {
-                        PersistMode::ForcedFlush
-                    } else {
-                        PersistMode::Msync
-                    };
-                    (m, mode)
+            ModeRequest::Msync => (
+                Mapping::map(file.as_fd(), len, !read_only, false).map_err(map_err)?,
+                PersistMode::Msync,
+            ),
+            ModeRequest::Auto | ModeRequest::Flush => {
+                match Mapping::map(file.as_fd(), len, !read_only, true) {
+                    Ok(m) => (m, PersistMode::MapSync),
+                    Err(e) if mapping::is_sync_unsupported(&e) => {
+                        let m =
+                            Mapping::map(file.as_fd(), len, !read_only, false).map_err(map_err)?;
+                        let mode = if request == ModeRequest::Flush {
+                            PersistMode::ForcedFlush
+                        } else {
+                            PersistMode::Msync
+                        };
+                        (m, mode)
+                    }
+                    Err(e) => return Err(map_err(e)),
                 }
-                Err(e) => return Err(map_err(e)),
-            },
+            }
         };
         let backend = if mode.uses_cache_flush() {
             Backend::Flush(FlushInstr::detect())
         } else {
-            Backend::Msync { page: system_page_size() }
+            Backend::Msync {
+                page: system_page_size(),
+            }
         };
         Ok(Pool {
             map,
@@ -395,7 +406,9 @@ impl Pool {
     #[inline]
     fn check_range(&self, offset: u64, len: u64) {
         assert!(
-            offset.checked_add(len).is_some_and(|end| end <= self.header.pool_size),
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.header.pool_size),
             "range [{offset:#x}, +{len:#x}) is outside the pool of {:#x} bytes",
             self.header.pool_size
         );
@@ -461,7 +474,11 @@ impl Pool {
             Backend::Flush(instr) => {
                 // SAFETY: the range is inside the mapping (checked above).
                 let lines = unsafe {
-                    cpu::flush_range(instr, self.map.ptr().as_ptr().add(offset as usize), len as usize)
+                    cpu::flush_range(
+                        instr,
+                        self.map.ptr().as_ptr().add(offset as usize),
+                        len as usize,
+                    )
                 };
                 ctx.counters.bump(LINES, lines);
             }
@@ -499,7 +516,9 @@ impl Pool {
     }
 
     fn msync_dirty(&self, ctx: &mut FlushContext, page: u64) -> Result<()> {
-        let FlushContext { dirty, counters, .. } = ctx;
+        let FlushContext {
+            dirty, counters, ..
+        } = ctx;
         let runs = dirty.coalesce();
         let mut done = 0;
         let mut result = Ok(());
@@ -553,7 +572,8 @@ impl Pool {
                 let dst = self.ptr_at(offset, src.len() as u64);
                 // SAFETY: the range is inside the writable mapping; the caller rules out races;
                 // `src` is a live slice, so it cannot overlap the exclusively-owned destination.
-                let (lines, nt) = unsafe { cpu::copy_nt(instr, dst.as_ptr(), src.as_ptr(), src.len()) };
+                let (lines, nt) =
+                    unsafe { cpu::copy_nt(instr, dst.as_ptr(), src.as_ptr(), src.len()) };
                 ctx.counters.bump(LINES, lines);
                 ctx.counters.bump(NT_BYTES, nt);
                 ctx.pending = true;
@@ -570,7 +590,12 @@ impl Pool {
     ///
     /// # Safety
     /// As [`Pool::copy_nodrain`].
-    pub unsafe fn copy_persist(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) -> Result<()> {
+    pub unsafe fn copy_persist(
+        &self,
+        ctx: &mut FlushContext,
+        offset: u64,
+        src: &[u8],
+    ) -> Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.copy_nodrain(ctx, offset, src) };
         self.drain(ctx)
@@ -587,7 +612,9 @@ fn open_file(path: &Path, writable: bool) -> Result<File> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| PoolError::from_open(path, "open", e))?;
-    let meta = file.metadata().map_err(|e| PoolError::io(path, "fstat", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| PoolError::io(path, "fstat", e))?;
     if !meta.file_type().is_file() {
         return Err(PoolError::NotARegularFile { path: path.into() });
     }
@@ -595,8 +622,16 @@ fn open_file(path: &Path, writable: bool) -> Result<File> {
 }
 
 /// Reads the header page and validates it against the file and the expected layout.
-fn read_header(file: &File, path: &Path, writable: bool, layout: Option<&str>) -> Result<PoolHeader> {
-    let len = file.metadata().map_err(|e| PoolError::io(path, "fstat", e))?.len();
+fn read_header(
+    file: &File,
+    path: &Path,
+    writable: bool,
+    layout: Option<&str>,
+) -> Result<PoolHeader> {
+    let len = file
+        .metadata()
+        .map_err(|e| PoolError::io(path, "fstat", e))?
+        .len();
     if len == 0 {
         return Err(PoolError::EmptyFile { path: path.into() });
     }
@@ -688,7 +723,11 @@ mod tests {
     fn msync_failure_is_returned_and_poisons_the_pool() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.pool");
-        let pool = Pool::create(&path, &CreateOptions::new("t", MIN_POOL_SIZE).mode(ModeRequest::Msync)).unwrap();
+        let pool = Pool::create(
+            &path,
+            &CreateOptions::new("t", MIN_POOL_SIZE).mode(ModeRequest::Msync),
+        )
+        .unwrap();
         let mut ctx = pool.flush_context();
         let off = pool.geometry().heap_offset;
         // SAFETY: single-threaded test, no references into the pool.
@@ -696,7 +735,10 @@ mod tests {
         pool.flush(&mut ctx, off, 8);
         FAIL_NEXT_MSYNC.with(|f| f.set(Some(libc::EIO)));
         let e = pool.drain(&mut ctx).unwrap_err();
-        assert!(matches!(&e, PoolError::Msync { source, .. } if source.raw_os_error() == Some(libc::EIO)), "{e}");
+        assert!(
+            matches!(&e, PoolError::Msync { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+            "{e}"
+        );
         assert!(pool.is_poisoned());
         // Never swallowed: every later durability point fails too.
         pool.flush(&mut ctx, off, 8);

@@ -13,9 +13,15 @@ fn two_handles_in_one_process() {
     let (_d, path) = scratch();
     make_pool(&path);
     let first = open_rw(&path).unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::Locked { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::Locked { .. }
+    ));
     // A reader is refused too while a writer holds the pool ...
-    assert!(matches!(open_err(&path, &rw_opts().read_only(true)), PoolError::Locked { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts().read_only(true)),
+        PoolError::Locked { .. }
+    ));
     // ... inspection is not, and says it is locked.
     assert!(Pool::inspect(&path, Some(LAYOUT)).unwrap().locked);
     drop(first);
@@ -23,7 +29,10 @@ fn two_handles_in_one_process() {
     // Readers share; a writer waits for all of them.
     let r1 = Pool::open(&path, &rw_opts().read_only(true)).unwrap();
     let r2 = Pool::open(&path, &rw_opts().read_only(true)).unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::Locked { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::Locked { .. }
+    ));
     drop((r1, r2));
     open_rw(&path).unwrap();
 }
@@ -31,8 +40,15 @@ fn two_handles_in_one_process() {
 #[test]
 fn create_holds_the_lock_of_the_new_pool() {
     let (_d, path) = scratch();
-    let pool = Pool::create(&path, &pmstore_pool::CreateOptions::new(LAYOUT, pmstore_pool::MIN_POOL_SIZE)).unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::Locked { .. }));
+    let pool = Pool::create(
+        &path,
+        &pmstore_pool::CreateOptions::new(LAYOUT, pmstore_pool::MIN_POOL_SIZE),
+    )
+    .unwrap();
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::Locked { .. }
+    ));
     drop(pool);
     open_rw(&path).unwrap();
 }
@@ -42,7 +58,12 @@ fn another_process() {
     let (_d, path) = scratch();
     make_pool(&path);
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_holder_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "lock_holder_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PMSTORE_LOCK_CHILD", &path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -50,9 +71,18 @@ fn another_process() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // libtest prints "test lock_holder_child ... " on the same line, before the child's words.
-    assert!(lines.any(|l| l.unwrap().contains("CHILD-LOCKED")), "the child did not lock the pool");
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::Locked { .. }));
-    assert!(matches!(open_err(&path, &rw_opts().read_only(true)), PoolError::Locked { .. }));
+    assert!(
+        lines.any(|l| l.unwrap().contains("CHILD-LOCKED")),
+        "the child did not lock the pool"
+    );
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::Locked { .. }
+    ));
+    assert!(matches!(
+        open_err(&path, &rw_opts().read_only(true)),
+        PoolError::Locked { .. }
+    ));
     // Closing the child's stdin lets it exit; its lock goes with it.
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
@@ -64,14 +94,22 @@ fn lock_dies_with_a_killed_process() {
     let (_d, path) = scratch();
     make_pool(&path);
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_holder_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "lock_holder_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PMSTORE_LOCK_CHILD", &path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().contains("CHILD-LOCKED")), "the child did not lock the pool");
+    assert!(
+        lines.any(|l| l.unwrap().contains("CHILD-LOCKED")),
+        "the child did not lock the pool"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     open_rw(&path).unwrap();
@@ -81,7 +119,9 @@ fn lock_dies_with_a_killed_process() {
 /// its standard input closes.
 #[test]
 fn lock_holder_child() {
-    let Some(path) = std::env::var_os("PMSTORE_LOCK_CHILD") else { return };
+    let Some(path) = std::env::var_os("PMSTORE_LOCK_CHILD") else {
+        return;
+    };
     // Never outlive a parent that failed to let go of us.
     std::thread::spawn(|| {
         std::thread::sleep(std::time::Duration::from_secs(60));

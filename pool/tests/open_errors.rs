@@ -7,8 +7,8 @@ use std::os::unix::fs::FileExt;
 
 use common::*;
 use pmstore_pool::{
-    CreateOptions, ModeRequest, OpenOptions, Pool, PoolError, CHECKSUM_OFFSET, FORMAT_MAJOR, HEADER_SIZE,
-    MAX_POOL_SIZE, MIN_POOL_SIZE,
+    CreateOptions, ModeRequest, OpenOptions, Pool, PoolError, CHECKSUM_OFFSET, FORMAT_MAJOR,
+    HEADER_SIZE, MAX_POOL_SIZE, MIN_POOL_SIZE,
 };
 
 #[test]
@@ -49,19 +49,41 @@ fn create_refuses_an_existing_path_and_leaves_it_alone() {
 #[test]
 fn create_checks_size_and_layout_before_touching_the_file_system() {
     let (_d, path) = scratch();
-    let cases: Vec<(CreateOptions, fn(&PoolError) -> bool)> = vec![
-        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE - 4096), |e| matches!(e, PoolError::SizeTooSmall { .. })),
-        (CreateOptions::new(LAYOUT, 0), |e| matches!(e, PoolError::SizeTooSmall { .. })),
-        (CreateOptions::new(LAYOUT, MAX_POOL_SIZE + 4096), |e| matches!(e, PoolError::SizeTooLarge { .. })),
-        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE + 1), |e| matches!(e, PoolError::SizeNotAligned { .. })),
-        (CreateOptions::new("", MIN_POOL_SIZE), |e| matches!(e, PoolError::InvalidLayoutName { .. })),
-        (CreateOptions::new("x".repeat(65), MIN_POOL_SIZE), |e| matches!(e, PoolError::InvalidLayoutName { .. })),
-        (CreateOptions::new("a\0b", MIN_POOL_SIZE), |e| matches!(e, PoolError::InvalidLayoutName { .. })),
-        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE).lanes(1024, 16 << 10), |e| {
-            matches!(e, PoolError::InvalidGeometry(_))
+    type IsExpected = fn(&PoolError) -> bool;
+    let cases: Vec<(CreateOptions, IsExpected)> = vec![
+        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE - 4096), |e| {
+            matches!(e, PoolError::SizeTooSmall { .. })
         }),
-        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE).lanes(4, 100), |e| matches!(e, PoolError::InvalidGeometry(_))),
-        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE).root_size(100), |e| matches!(e, PoolError::InvalidGeometry(_))),
+        (CreateOptions::new(LAYOUT, 0), |e| {
+            matches!(e, PoolError::SizeTooSmall { .. })
+        }),
+        (CreateOptions::new(LAYOUT, MAX_POOL_SIZE + 4096), |e| {
+            matches!(e, PoolError::SizeTooLarge { .. })
+        }),
+        (CreateOptions::new(LAYOUT, MIN_POOL_SIZE + 1), |e| {
+            matches!(e, PoolError::SizeNotAligned { .. })
+        }),
+        (CreateOptions::new("", MIN_POOL_SIZE), |e| {
+            matches!(e, PoolError::InvalidLayoutName { .. })
+        }),
+        (CreateOptions::new("x".repeat(65), MIN_POOL_SIZE), |e| {
+            matches!(e, PoolError::InvalidLayoutName { .. })
+        }),
+        (CreateOptions::new("a\0b", MIN_POOL_SIZE), |e| {
+            matches!(e, PoolError::InvalidLayoutName { .. })
+        }),
+        (
+            CreateOptions::new(LAYOUT, MIN_POOL_SIZE).lanes(1024, 16 << 10),
+            |e| matches!(e, PoolError::InvalidGeometry(_)),
+        ),
+        (
+            CreateOptions::new(LAYOUT, MIN_POOL_SIZE).lanes(4, 100),
+            |e| matches!(e, PoolError::InvalidGeometry(_)),
+        ),
+        (
+            CreateOptions::new(LAYOUT, MIN_POOL_SIZE).root_size(100),
+            |e| matches!(e, PoolError::InvalidGeometry(_)),
+        ),
     ];
     for (opts, is_expected) in cases {
         let e = Pool::create(&path, &opts).unwrap_err();
@@ -73,7 +95,11 @@ fn create_checks_size_and_layout_before_touching_the_file_system() {
 #[test]
 fn create_in_a_missing_directory_or_on_a_directory() {
     let (d, _) = scratch();
-    let e = Pool::create(d.path().join("no/such/dir.pool"), &CreateOptions::new(LAYOUT, MIN_POOL_SIZE)).unwrap_err();
+    let e = Pool::create(
+        d.path().join("no/such/dir.pool"),
+        &CreateOptions::new(LAYOUT, MIN_POOL_SIZE),
+    )
+    .unwrap_err();
     assert!(matches!(e, PoolError::NotFound { .. }), "{e:?}");
     let e = Pool::create(d.path(), &CreateOptions::new(LAYOUT, MIN_POOL_SIZE)).unwrap_err();
     assert!(matches!(e, PoolError::AlreadyExists { .. }), "{e:?}");
@@ -96,7 +122,10 @@ fn missing_file_and_directory_path() {
 fn zero_length_file() {
     let (_d, path) = scratch();
     std::fs::write(&path, b"").unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::EmptyFile { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::EmptyFile { .. }
+    ));
 }
 
 #[test]
@@ -106,7 +135,9 @@ fn file_shorter_than_a_header() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(4095).unwrap();
     match open_err(&path, &rw_opts()) {
-        PoolError::Truncated { actual, expected, .. } => assert_eq!((actual, expected), (4095, HEADER_SIZE as u64)),
+        PoolError::Truncated {
+            actual, expected, ..
+        } => assert_eq!((actual, expected), (4095, HEADER_SIZE as u64)),
         e => panic!("{e:?}"),
     }
 }
@@ -118,12 +149,16 @@ fn file_shorter_or_longer_than_the_pool() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(MIN_POOL_SIZE - 4096).unwrap();
     match open_err(&path, &rw_opts()) {
-        PoolError::Truncated { actual, expected, .. } => assert_eq!((actual, expected), (MIN_POOL_SIZE - 4096, MIN_POOL_SIZE)),
+        PoolError::Truncated {
+            actual, expected, ..
+        } => assert_eq!((actual, expected), (MIN_POOL_SIZE - 4096, MIN_POOL_SIZE)),
         e => panic!("{e:?}"),
     }
     f.set_len(MIN_POOL_SIZE + 4096).unwrap();
     match open_err(&path, &rw_opts()) {
-        PoolError::SizeMismatch { actual, expected, .. } => assert_eq!((actual, expected), (MIN_POOL_SIZE + 4096, MIN_POOL_SIZE)),
+        PoolError::SizeMismatch {
+            actual, expected, ..
+        } => assert_eq!((actual, expected), (MIN_POOL_SIZE + 4096, MIN_POOL_SIZE)),
         e => panic!("{e:?}"),
     }
 }
@@ -135,16 +170,25 @@ fn interrupted_create_leaves_a_file_open_rejects() {
     let (_d, path) = scratch();
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(MIN_POOL_SIZE).unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::Incomplete { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::Incomplete { .. }
+    ));
     // A torn header write: only the first 512-byte sector of the header reached the disk.
     let (_d2, good) = scratch();
     make_pool(&good);
     let page = read_page(&good);
     f.write_all_at(&page[..512], 0).unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::ChecksumMismatch { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::ChecksumMismatch { .. }
+    ));
     // ... or everything but the last sector (which holds the checksum).
     f.write_all_at(&page[..4096 - 512], 0).unwrap();
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::ChecksumMismatch { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::ChecksumMismatch { .. }
+    ));
 }
 
 #[test]
@@ -164,7 +208,10 @@ fn wrong_magic() {
     let (_d, path) = scratch();
     make_pool(&path);
     edit_header(&path, true, |h| h.magic[7] = b'X');
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::BadMagic { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::BadMagic { .. }
+    ));
 }
 
 #[test]
@@ -174,8 +221,13 @@ fn checksum_mismatch() {
     let good = read_page(&path);
     edit_header(&path, false, |h| h.layout[0] ^= 1);
     match open_err(&path, &rw_opts()) {
-        PoolError::ChecksumMismatch { stored, computed, .. } => {
-            assert_eq!(stored, u32::from_le_bytes(good[CHECKSUM_OFFSET..].try_into().unwrap()));
+        PoolError::ChecksumMismatch {
+            stored, computed, ..
+        } => {
+            assert_eq!(
+                stored,
+                u32::from_le_bytes(good[CHECKSUM_OFFSET..].try_into().unwrap())
+            );
             assert_ne!(stored, computed);
         }
         e => panic!("{e:?}"),
@@ -183,7 +235,10 @@ fn checksum_mismatch() {
     // The stored checksum itself corrupted.
     write_page(&path, &good);
     edit_header(&path, false, |h| h.checksum ^= 0x8000_0000);
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::ChecksumMismatch { .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::ChecksumMismatch { .. }
+    ));
 }
 
 #[test]
@@ -193,11 +248,16 @@ fn future_major_version() {
     // A future writer checksums its own way: the version is reported, not the checksum.
     edit_header(&path, false, |h| h.major = FORMAT_MAJOR + 1);
     match open_err(&path, &rw_opts()) {
-        PoolError::UnsupportedVersion { found, supported, .. } => assert_eq!((found, supported), (2, 1)),
+        PoolError::UnsupportedVersion {
+            found, supported, ..
+        } => assert_eq!((found, supported), (2, 1)),
         e => panic!("{e:?}"),
     }
     edit_header(&path, true, |h| h.major = 0);
-    assert!(matches!(open_err(&path, &rw_opts()), PoolError::UnsupportedVersion { found: 0, .. }));
+    assert!(matches!(
+        open_err(&path, &rw_opts()),
+        PoolError::UnsupportedVersion { found: 0, .. }
+    ));
     // A newer minor version is compatible.
     edit_header(&path, true, |h| {
         h.major = FORMAT_MAJOR;
@@ -238,8 +298,13 @@ fn unknown_feature_flags() {
 fn wrong_layout_name() {
     let (_d, path) = scratch();
     make_pool(&path);
-    match open_err(&path, &OpenOptions::new("someone-else").mode(ModeRequest::Msync)) {
-        PoolError::LayoutMismatch { expected, found, .. } => {
+    match open_err(
+        &path,
+        &OpenOptions::new("someone-else").mode(ModeRequest::Msync),
+    ) {
+        PoolError::LayoutMismatch {
+            expected, found, ..
+        } => {
             assert_eq!(expected, "someone-else");
             assert_eq!(found, LAYOUT);
         }
@@ -310,7 +375,11 @@ fn every_header_bit_flip_is_rejected() {
                 ),
                 "byte {i} bit {bit}: {e:?}"
             );
-            assert_eq!(read_page(&path)[i], good[i] ^ (1 << bit), "open changed the header");
+            assert_eq!(
+                read_page(&path)[i],
+                good[i] ^ (1 << bit),
+                "open changed the header"
+            );
         }
         f.write_all_at(&good[i..=i], i as u64).unwrap();
     }
@@ -328,35 +397,59 @@ fn no_permission() {
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-        assert!(matches!(open_err(&path, &rw_opts()), PoolError::PermissionDenied { .. }));
+        assert!(matches!(
+            open_err(&path, &rw_opts()),
+            PoolError::PermissionDenied { .. }
+        ));
         return;
     }
     // Root bypasses permission bits: ask as an unprivileged user, in a child process that
     // runs this test binary's `permission_child`.
     use std::os::unix::process::CommandExt;
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "permission_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "permission_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PMSTORE_PERMISSION_CHILD", &path)
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("CHILD-RESULT PermissionDenied"), "child said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("CHILD-RESULT PermissionDenied"),
+        "child said: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // ... and read-only too.
-    assert!(stdout.contains("CHILD-RESULT-RO PermissionDenied"), "child said: {stdout}");
+    assert!(
+        stdout.contains("CHILD-RESULT-RO PermissionDenied"),
+        "child said: {stdout}"
+    );
 }
 
 /// Not a test on its own: the child half of `no_permission`.
 #[test]
 fn permission_child() {
-    let Some(path) = std::env::var_os("PMSTORE_PERMISSION_CHILD") else { return };
+    let Some(path) = std::env::var_os("PMSTORE_PERMISSION_CHILD") else {
+        return;
+    };
     let name = |r: Result<Pool, PoolError>| match r {
         Ok(_) => "Ok".to_string(),
-        Err(e) => format!("{e:?}").split([' ', '{', '(']).next().unwrap().to_string(),
+        Err(e) => format!("{e:?}")
+            .split([' ', '{', '('])
+            .next()
+            .unwrap()
+            .to_string(),
     };
     println!("CHILD-RESULT {}", name(Pool::open(&path, &rw_opts())));
-    println!("CHILD-RESULT-RO {}", name(Pool::open(&path, &rw_opts().read_only(true))));
+    println!(
+        "CHILD-RESULT-RO {}",
+        name(Pool::open(&path, &rw_opts().read_only(true)))
+    );
 }
 
 #[test]
@@ -372,7 +465,12 @@ fn invalid_force_mode_is_reported() {
     make_pool(&path);
     let run = |mode: &str| {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "invalid_force_mode_is_reported", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "invalid_force_mode_is_reported",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("PMSTORE_FORCE_CHILD", &path)
             .env("PMSTORE_FORCE_MODE", mode)
             .output()
@@ -383,7 +481,8 @@ fn invalid_force_mode_is_reported() {
     assert!(run("msync").contains("CHILD-RESULT Ok(Msync)"));
     let flush = run("flush");
     assert!(
-        flush.contains("CHILD-RESULT Ok(ForcedFlush)") || flush.contains("CHILD-RESULT Ok(MapSync)"),
+        flush.contains("CHILD-RESULT Ok(ForcedFlush)")
+            || flush.contains("CHILD-RESULT Ok(MapSync)"),
         "{flush}"
     );
 }
@@ -410,10 +509,19 @@ fn full_file_system_gives_no_space_and_removes_the_partial_file() {
     let mnt = std::ffi::CString::new(d.path().to_str().unwrap()).unwrap();
     // SAFETY: valid NUL-terminated strings; mounts a fresh tmpfs on our own empty directory.
     let r = unsafe {
-        libc::mount(c"tmpfs".as_ptr(), mnt.as_ptr(), c"tmpfs".as_ptr(), 0, c"size=4m".as_ptr().cast())
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            mnt.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=4m".as_ptr().cast(),
+        )
     };
     if r != 0 {
-        eprintln!("skipped: cannot mount a small tmpfs here: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "skipped: cannot mount a small tmpfs here: {}",
+            std::io::Error::last_os_error()
+        );
         return;
     }
     let path = d.path().join("full.pool");
@@ -436,20 +544,37 @@ fn file_size_limit_fails_create_and_removes_the_partial_file() {
         // SAFETY: plain libc calls on this process's own signal disposition and limits.
         unsafe {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: libc::RLIM_INFINITY };
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
             assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
         }
         let r = Pool::create(&path, &CreateOptions::new(LAYOUT, MIN_POOL_SIZE));
-        println!("CHILD-RESULT {:?} exists={}", r.map(|_| ()).map_err(|e| e.to_string()), std::path::Path::new(&path).exists());
+        println!(
+            "CHILD-RESULT {:?} exists={}",
+            r.map(|_| ()).map_err(|e| e.to_string()),
+            std::path::Path::new(&path).exists()
+        );
         return;
     }
     let (_d, path) = scratch();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "file_size_limit_fails_create_and_removes_the_partial_file", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "file_size_limit_fails_create_and_removes_the_partial_file",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PMSTORE_FSIZE_CHILD", &path)
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("CHILD-RESULT Err(") && said.contains("posix_fallocate") && said.contains("exists=false"), "{said}");
+    assert!(
+        said.contains("CHILD-RESULT Err(")
+            && said.contains("posix_fallocate")
+            && said.contains("exists=false"),
+        "{said}"
+    );
     assert!(!path.exists());
 }

@@ -6,7 +6,13 @@ use common::*;
 use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, PersistMode, Pool, MIN_POOL_SIZE};
 
 fn create(path: &std::path::Path, size: u64, mode: ModeRequest) -> Pool {
-    Pool::create(path, &CreateOptions::new(LAYOUT, size).mode(mode).preallocate(false)).unwrap()
+    Pool::create(
+        path,
+        &CreateOptions::new(LAYOUT, size)
+            .mode(mode)
+            .preallocate(false),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -30,7 +36,11 @@ fn flush_mode_flushes_each_touched_line_once() {
     for (off, len, lines) in cases {
         let before = ctx.counters();
         pool.flush(&mut ctx, base + off, len);
-        assert_eq!(ctx.counters().lines_flushed - before.lines_flushed, lines, "flush({off}, {len})");
+        assert_eq!(
+            ctx.counters().lines_flushed - before.lines_flushed,
+            lines,
+            "flush({off}, {len})"
+        );
     }
     let before = ctx.counters();
     pool.drain(&mut ctx).unwrap();
@@ -48,13 +58,23 @@ fn non_temporal_copies_stream_whole_lines() {
     let mut ctx = pool.flush_context();
     let src: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
     // (offset within a line, length) -> (lines flushed, bytes streamed)
-    for (skew, len, lines, nt) in [(0, 256, 0, 256), (8, 256, 2, 192), (0, 4096, 0, 4096), (3, 255, 5, 0), (32, 300, 2, 256)] {
+    for (skew, len, lines, nt) in [
+        (0, 256, 0, 256),
+        (8, 256, 2, 192),
+        (0, 4096, 0, 4096),
+        (3, 255, 5, 0),
+        (32, 300, 2, 256),
+    ] {
         let off = base + 8192 + skew;
         let before = ctx.counters();
         // SAFETY: single-threaded, no references into the pool.
         unsafe { pool.copy_persist(&mut ctx, off, &src[..len]).unwrap() };
         let d = ctx.counters() - before;
-        assert_eq!((d.lines_flushed, d.nt_bytes, d.drains), (lines, nt, 1), "copy of {len} at +{skew}");
+        assert_eq!(
+            (d.lines_flushed, d.nt_bytes, d.drains),
+            (lines, nt, 1),
+            "copy of {len} at +{skew}"
+        );
         let mut back = vec![0; len];
         // SAFETY: as above.
         unsafe { pool.read(off, &mut back) };
@@ -80,7 +100,10 @@ fn msync_mode_syncs_exactly_the_dirty_pages() {
     let before = ctx.counters();
     pool.drain(&mut ctx).unwrap();
     let d = ctx.counters() - before;
-    assert_eq!((d.msync_calls, d.msync_bytes, d.drains, d.lines_flushed), (3, 3 * 4096, 1, 0));
+    assert_eq!(
+        (d.msync_calls, d.msync_bytes, d.drains, d.lines_flushed),
+        (3, 3 * 4096, 1, 0)
+    );
     // Marked clean: draining again syncs nothing.
     pool.drain(&mut ctx).unwrap();
     assert_eq!((ctx.counters() - before).msync_calls, 3);
@@ -94,7 +117,13 @@ fn msync_mode_coalesces_adjacent_and_overlapping_pages() {
     let h = pool.geometry().heap_offset;
     // Pages h+5..h+8 (dirtied out of order and twice), a range straddling two pages,
     // and one lone page.
-    for (off, len) in [(6 * 4096, 10), (5 * 4096, 4096), (7 * 4096 + 4000, 200), (6 * 4096 + 8, 8), (20 * 4096, 1)] {
+    for (off, len) in [
+        (6 * 4096, 10),
+        (5 * 4096, 4096),
+        (7 * 4096 + 4000, 200),
+        (6 * 4096 + 8, 8),
+        (20 * 4096, 1),
+    ] {
         pool.flush(&mut ctx, h + off, len);
     }
     let before = ctx.counters();
@@ -147,7 +176,10 @@ fn persisted_data_survives_reopen_in_every_mode() {
         let off = pool.geometry().heap_offset + 12345;
         let mut ctx = pool.flush_context();
         // SAFETY: single-threaded, no references into the pool.
-        unsafe { pool.copy_persist(&mut ctx, off, b"durable without fsync").unwrap() };
+        unsafe {
+            pool.copy_persist(&mut ctx, off, b"durable without fsync")
+                .unwrap()
+        };
         drop(pool);
         let pool = Pool::open(&path, &OpenOptions::new(LAYOUT).read_only(true)).unwrap();
         let mut back = [0u8; 21];

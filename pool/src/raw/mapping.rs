@@ -34,23 +34,37 @@ unsafe impl Sync for Mapping {}
 /// Whether a mapping attempt failed because the kernel or file system does not offer `MAP_SYNC`
 /// for this file (as opposed to a real failure such as ENOMEM).
 pub(crate) fn is_sync_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+    )
 }
 
 impl Mapping {
     /// Maps `len` bytes of `fd` from offset 0, shared. With `sync`, asks for
     /// `MAP_SHARED_VALIDATE | MAP_SYNC` and fails (see [`is_sync_unsupported`]) where the file
     /// is not on a DAX file system.
-    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, writable: bool, sync: bool) -> io::Result<Mapping> {
+    pub(crate) fn map(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        writable: bool,
+        sync: bool,
+    ) -> io::Result<Mapping> {
         assert!(len > 0);
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         let flags = if sync {
             libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC
         } else {
             libc::MAP_SHARED
         };
         // Reserve an address range with room to align, then map the file over its aligned part.
-        let reserve_len = len.checked_add(HUGE_ALIGN).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let reserve_len = len
+            .checked_add(HUGE_ALIGN)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: an anonymous PROT_NONE mapping at an address of the kernel's choosing touches
         // no existing memory.
         let res = unsafe {
@@ -115,7 +129,13 @@ impl Mapping {
     pub(crate) fn msync(&self, offset: usize, len: usize) -> io::Result<()> {
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
         // SAFETY: (1) the range is inside our mapping; msync does not change memory contents.
-        let r = unsafe { libc::msync(self.ptr.as_ptr().add(offset) as *mut libc::c_void, len, libc::MS_SYNC) };
+        let r = unsafe {
+            libc::msync(
+                self.ptr.as_ptr().add(offset) as *mut libc::c_void,
+                len,
+                libc::MS_SYNC,
+            )
+        };
         if r == 0 {
             Ok(())
         } else {

@@ -17,7 +17,13 @@ pub fn scratch() -> (tempfile::TempDir, PathBuf) {
 /// Creates a minimum-size pool (msync mode, so the test does not depend on the environment)
 /// and closes it.
 pub fn make_pool(path: &Path) {
-    drop(Pool::create(path, &CreateOptions::new(LAYOUT, MIN_POOL_SIZE).mode(ModeRequest::Msync)).unwrap());
+    drop(
+        Pool::create(
+            path,
+            &CreateOptions::new(LAYOUT, MIN_POOL_SIZE).mode(ModeRequest::Msync),
+        )
+        .unwrap(),
+    );
 }
 
 pub fn open_rw(path: &Path) -> Result<Pool, PoolError> {
@@ -42,7 +48,10 @@ pub fn rw_opts() -> OpenOptions {
 pub fn read_page(path: &Path) -> [u8; 4096] {
     use std::os::unix::fs::FileExt;
     let mut page = [0; 4096];
-    std::fs::File::open(path).unwrap().read_exact_at(&mut page, 0).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut page, 0)
+        .unwrap();
     page
 }
 
@@ -55,7 +64,11 @@ pub fn write_page(path: &Path, page: &[u8; 4096]) {
 
 /// Applies `edit` to the decoded header, recomputes the checksum (unless `fix_checksum` is
 /// false), and writes it back.
-pub fn edit_header(path: &Path, fix_checksum: bool, edit: impl FnOnce(&mut pmstore_pool::PoolHeader)) {
+pub fn edit_header(
+    path: &Path,
+    fix_checksum: bool,
+    edit: impl FnOnce(&mut pmstore_pool::PoolHeader),
+) {
     let mut h: pmstore_pool::PoolHeader = bytemuck::pod_read_unaligned(&read_page(path));
     edit(&mut h);
     if fix_checksum {
