@@ -150,6 +150,8 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 /// contracts of the `unsafe` accessors here.
 pub struct Pool {
     map: Mapping,
+    /// `header.pool_size`, kept beside the mapping for the bounds checks on the hot path.
+    len: u64,
     // Holds the flock for as long as the pool is open.
     _file: File,
     path: PathBuf,
@@ -337,6 +339,7 @@ impl Pool {
         };
         Ok(Pool {
             map,
+            len: header.pool_size,
             _file: file,
             path: path.to_path_buf(),
             header: Box::new(header),
@@ -524,7 +527,7 @@ impl Pool {
         let mut result = Ok(());
         for &(first, end) in runs {
             let offset = first * page;
-            let len = (end * page).min(self.header.pool_size) - offset;
+            let len = (end * page).min(self.len) - offset;
             counters.bump(MSYNC_CALLS, 1);
             match msync_hook(&self.map, offset as usize, len as usize) {
                 Ok(()) => {
@@ -718,6 +721,13 @@ fn msync_hook(map: &Mapping, offset: usize, len: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Pool>();
+        send_sync::<FlushContext>();
+    }
 
     #[test]
     fn msync_failure_is_returned_and_poisons_the_pool() {

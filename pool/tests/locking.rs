@@ -57,24 +57,7 @@ fn create_holds_the_lock_of_the_new_pool() {
 fn another_process() {
     let (_d, path) = scratch();
     make_pool(&path);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "lock_holder_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PMSTORE_LOCK_CHILD", &path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // libtest prints "test lock_holder_child ... " on the same line, before the child's words.
-    assert!(
-        lines.any(|l| l.unwrap().contains("CHILD-LOCKED")),
-        "the child did not lock the pool"
-    );
+    let mut child = spawn_lock_holder(&path);
     assert!(matches!(
         open_err(&path, &rw_opts()),
         PoolError::Locked { .. }
@@ -93,6 +76,15 @@ fn another_process() {
 fn lock_dies_with_a_killed_process() {
     let (_d, path) = scratch();
     make_pool(&path);
+    let mut child = spawn_lock_holder(&path);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    open_rw(&path).unwrap();
+}
+
+/// Starts a child process that opens the pool read-write and holds it until its standard
+/// input closes; returns once the child holds the lock.
+fn spawn_lock_holder(path: &std::path::Path) -> std::process::Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -100,19 +92,20 @@ fn lock_dies_with_a_killed_process() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("PMSTORE_LOCK_CHILD", &path)
+        .env("PMSTORE_LOCK_CHILD", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // libtest prints "test lock_holder_child ... " on the same line, before the child's words.
     assert!(
         lines.any(|l| l.unwrap().contains("CHILD-LOCKED")),
         "the child did not lock the pool"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    open_rw(&path).unwrap();
+    // Keep reading, so the child's last words do not hit a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
 }
 
 /// Not a test on its own: the child half of the cross-process tests. Holds the pool open until
