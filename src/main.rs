@@ -135,6 +135,7 @@ fn mode_note(mode: PersistMode) -> &'static str {
             "forced cache flushes on a non-DAX file: survives process crashes, NOT power loss"
         }
         PersistMode::Msync => "msync of dirtied pages: durable across power loss",
+        PersistMode::Simulated => "simulated persistence domain: nothing is durable",
     }
 }
 

@@ -35,6 +35,7 @@ mod header;
 mod persist;
 mod pool;
 mod raw;
+pub mod sim;
 
 pub use error::{PoolError, Result};
 pub use header::{

@@ -33,6 +33,9 @@ pub enum PersistMode {
     /// A plain shared mapping; durability points `msync` the pages dirtied since the last one.
     /// Durable across power loss on any file system that honours `msync`.
     Msync,
+    /// The simulated persistence domain ([`crate::sim`]): heap memory with a modelled media
+    /// image, for crash-state exploration in tests. Nothing is durable.
+    Simulated,
 }
 
 impl PersistMode {
@@ -41,18 +44,19 @@ impl PersistMode {
         !matches!(self, PersistMode::Msync)
     }
 
-    /// Short name: `map-sync`, `forced-flush` or `msync`.
+    /// Short name: `map-sync`, `forced-flush`, `msync` or `simulated`.
     pub fn name(self) -> &'static str {
         match self {
             PersistMode::MapSync => "map-sync",
             PersistMode::ForcedFlush => "forced-flush",
             PersistMode::Msync => "msync",
+            PersistMode::Simulated => "simulated",
         }
     }
 
     /// Whether a drain in this mode makes stores durable across power loss.
     pub fn power_fail_safe(self) -> bool {
-        !matches!(self, PersistMode::ForcedFlush)
+        matches!(self, PersistMode::MapSync | PersistMode::Msync)
     }
 }
 
@@ -107,6 +111,9 @@ pub(crate) enum Backend {
         /// The system page size (msync granularity).
         page: u64,
     },
+    /// The simulated persistence domain: flushes record lines, drains write them to the
+    /// simulated media (see `sim.rs`).
+    Sim,
 }
 
 /// Durability counters: deterministic measures of what persistence costs.

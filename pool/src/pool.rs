@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{PoolError, Result};
 use crate::file;
@@ -18,6 +19,7 @@ use crate::persist::{
 };
 use crate::raw::cpu::{self, FlushInstr};
 use crate::raw::mapping::{self, Mapping};
+use crate::sim::{SimDomain, LINE};
 
 /// Copies of at least this many bytes use non-temporal stores (as PMDK's default threshold).
 pub const NT_THRESHOLD: usize = 256;
@@ -92,6 +94,50 @@ impl CreateOptions {
         self.mode = mode;
         self
     }
+
+    /// Checks the layout name, the size and the geometry, touching nothing.
+    fn validate(&self) -> Result<Geometry> {
+        validate_layout_name(&self.layout)?;
+        if self.size < MIN_POOL_SIZE {
+            return Err(PoolError::SizeTooSmall {
+                size: self.size,
+                min: MIN_POOL_SIZE,
+            });
+        }
+        if self.size > MAX_POOL_SIZE {
+            return Err(PoolError::SizeTooLarge {
+                size: self.size,
+                max: MAX_POOL_SIZE,
+            });
+        }
+        if self.size % PAGE != 0 {
+            return Err(PoolError::SizeNotAligned {
+                size: self.size,
+                align: PAGE,
+            });
+        }
+        Geometry::plan(
+            self.size,
+            self.root_size,
+            self.lane_count,
+            self.lane_size,
+            self.heap_align,
+        )
+    }
+
+    /// A complete, checksummed header for a pool made with these options.
+    fn header(&self, geometry: Geometry) -> PoolHeader {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        PoolHeader::new(
+            self.size,
+            &self.layout,
+            geometry,
+            *uuid::Uuid::new_v4().as_bytes(),
+            created,
+        )
+    }
 }
 
 /// How to open an existing pool. The default opens read-write, checks no layout, auto mode.
@@ -141,6 +187,24 @@ pub struct Inspection {
     pub mode: PersistMode,
 }
 
+/// The memory behind a pool.
+enum Memory {
+    /// A mapped pool file; the file holds the flock for as long as the pool is open.
+    File { map: Mapping, _file: File },
+    /// Working memory of a simulated persistence domain.
+    Sim(Arc<SimDomain>),
+}
+
+impl Memory {
+    #[inline]
+    fn ptr(&self) -> NonNull<u8> {
+        match self {
+            Memory::File { map, .. } => map.ptr(),
+            Memory::Sim(sim) => sim.working_ptr(),
+        }
+    }
+}
+
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An open pool: the file (locked), its validated header, and a shared mapping of it.
@@ -149,11 +213,9 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 /// the business of the layers above (allocator, transactions), whose safe APIs uphold the
 /// contracts of the `unsafe` accessors here.
 pub struct Pool {
-    map: Mapping,
+    mem: Memory,
     /// `header.pool_size`, kept beside the mapping for the bounds checks on the hot path.
     len: u64,
-    // Holds the flock for as long as the pool is open.
-    _file: File,
     path: PathBuf,
     header: Box<PoolHeader>,
     mode: PersistMode,
@@ -185,32 +247,7 @@ impl Pool {
     /// [`PoolError::Incomplete`], or a complete pool. On failure the partial file is removed.
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Pool> {
         let path = path.as_ref();
-        validate_layout_name(&opts.layout)?;
-        if opts.size < MIN_POOL_SIZE {
-            return Err(PoolError::SizeTooSmall {
-                size: opts.size,
-                min: MIN_POOL_SIZE,
-            });
-        }
-        if opts.size > MAX_POOL_SIZE {
-            return Err(PoolError::SizeTooLarge {
-                size: opts.size,
-                max: MAX_POOL_SIZE,
-            });
-        }
-        if opts.size % PAGE != 0 {
-            return Err(PoolError::SizeNotAligned {
-                size: opts.size,
-                align: PAGE,
-            });
-        }
-        let geometry = Geometry::plan(
-            opts.size,
-            opts.root_size,
-            opts.lane_count,
-            opts.lane_size,
-            opts.heap_align,
-        )?;
+        let geometry = opts.validate()?;
         let mode = opts.mode.resolve()?;
 
         let file = FsOpenOptions::new()
@@ -241,16 +278,7 @@ impl Pool {
         // The allocation must be durable before the header that makes the pool valid.
         file.sync_all()
             .map_err(|e| PoolError::io(path, "fsync", e))?;
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let header = PoolHeader::new(
-            opts.size,
-            &opts.layout,
-            geometry,
-            *uuid::Uuid::new_v4().as_bytes(),
-            created,
-        );
+        let header = opts.header(geometry);
         file.write_all_at(header.as_bytes(), 0)
             .map_err(|e| PoolError::io(path, "write header", e))?;
         file.sync_all()
@@ -273,6 +301,48 @@ impl Pool {
         }
         let header = read_header(&file, path, !opts.read_only, opts.layout.as_deref())?;
         Pool::map_validated(file, path, header, opts.read_only, mode)
+    }
+
+    /// Creates a pool in the simulated persistence domain (heap memory, no file): its
+    /// creation is durable at once (working memory and media both hold the new pool). The pool
+    /// runs the flush-mode code; see [`crate::sim`] for the model and crash exploration.
+    pub fn create_simulated(opts: &CreateOptions) -> Result<(Pool, Arc<SimDomain>)> {
+        let geometry = opts.validate()?;
+        let mut image = vec![0u8; opts.size as usize];
+        image[..HEADER_SIZE].copy_from_slice(opts.header(geometry).as_bytes());
+        Pool::open_simulated(&image, &OpenOptions::default())
+    }
+
+    /// Opens a pool image (e.g. a crash image from [`crate::sim::CrashPoint::images`]) in a new
+    /// simulated persistence domain whose working memory and media both hold `image`. Validates
+    /// the header exactly as [`Pool::open`] does (`docs/FORMAT.md` §2.3 steps 5–16).
+    pub fn open_simulated(image: &[u8], opts: &OpenOptions) -> Result<(Pool, Arc<SimDomain>)> {
+        let path = Path::new("<simulated>");
+        let mut page = [0u8; HEADER_SIZE];
+        if image.len() >= HEADER_SIZE {
+            page.copy_from_slice(&image[..HEADER_SIZE]);
+        }
+        let header = check_header(
+            &page,
+            image.len() as u64,
+            path,
+            !opts.read_only,
+            opts.layout.as_deref(),
+        )?;
+        let sim = Arc::new(SimDomain::from_image(image));
+        let pool = Pool {
+            mem: Memory::Sim(Arc::clone(&sim)),
+            len: header.pool_size,
+            path: path.to_path_buf(),
+            header: Box::new(header),
+            mode: PersistMode::Simulated,
+            backend: Backend::Sim,
+            read_only: opts.read_only,
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            poisoned: AtomicBool::new(false),
+            counters: CounterRegistry::default(),
+        };
+        Ok((pool, sim))
     }
 
     /// Reads and validates a pool's header without locking or mapping it (for `pmstore info`).
@@ -338,9 +408,8 @@ impl Pool {
             }
         };
         Ok(Pool {
-            map,
+            mem: Memory::File { map, _file: file },
             len: header.pool_size,
-            _file: file,
             path: path.to_path_buf(),
             header: Box::new(header),
             mode,
@@ -381,7 +450,7 @@ impl Pool {
     pub fn flush_instr(&self) -> Option<FlushInstr> {
         match self.backend {
             Backend::Flush(i) => Some(i),
-            Backend::Msync { .. } => None,
+            Backend::Msync { .. } | Backend::Sim => None,
         }
     }
 
@@ -429,7 +498,7 @@ impl Pool {
     pub fn ptr_at(&self, offset: u64, len: u64) -> NonNull<u8> {
         self.check_range(offset, len);
         // SAFETY: offset < pool size = mapping length, checked above.
-        unsafe { self.map.ptr().add(offset as usize) }
+        unsafe { self.mem.ptr().add(offset as usize) }
     }
 
     /// Copies `dst.len()` bytes from pool offset `offset` into `dst`.
@@ -479,7 +548,7 @@ impl Pool {
                 let lines = unsafe {
                     cpu::flush_range(
                         instr,
-                        self.map.ptr().as_ptr().add(offset as usize),
+                        self.mem.ptr().as_ptr().add(offset as usize),
                         len as usize,
                     )
                 };
@@ -487,6 +556,14 @@ impl Pool {
             }
             Backend::Msync { page } => {
                 ctx.dirty.add(offset / page, (offset + len).div_ceil(page));
+            }
+            Backend::Sim => {
+                let (first, end) = (offset / LINE, (offset + len).div_ceil(LINE));
+                ctx.dirty.add(first, end);
+                if let Memory::Sim(sim) = &self.mem {
+                    sim.note_flush(first, end);
+                }
+                ctx.counters.bump(LINES, end - first);
             }
         }
         ctx.pending = true;
@@ -515,10 +592,22 @@ impl Pool {
                 Ok(())
             }
             Backend::Msync { page } => self.msync_dirty(ctx, page),
+            Backend::Sim => {
+                let runs = ctx.dirty.coalesce();
+                if let Memory::Sim(sim) = &self.mem {
+                    sim.drain(runs);
+                }
+                let n = runs.len();
+                ctx.dirty.mark_clean(n);
+                Ok(())
+            }
         }
     }
 
     fn msync_dirty(&self, ctx: &mut FlushContext, page: u64) -> Result<()> {
+        let Memory::File { map, .. } = &self.mem else {
+            unreachable!("msync backend without a file mapping")
+        };
         let FlushContext {
             dirty, counters, ..
         } = ctx;
@@ -529,7 +618,7 @@ impl Pool {
             let offset = first * page;
             let len = (end * page).min(self.len) - offset;
             counters.bump(MSYNC_CALLS, 1);
-            match msync_hook(&self.map, offset as usize, len as usize) {
+            match msync_hook(map, offset as usize, len as usize) {
                 Ok(()) => {
                     counters.bump(MSYNC_BYTES, len);
                     done += 1;
@@ -635,6 +724,23 @@ fn read_header(
         .metadata()
         .map_err(|e| PoolError::io(path, "fstat", e))?
         .len();
+    let mut page = [0u8; HEADER_SIZE];
+    if len >= HEADER_SIZE as u64 {
+        file.read_exact_at(&mut page, 0)
+            .map_err(|e| PoolError::io(path, "read header", e))?;
+    }
+    check_header(&page, len, path, writable, layout)
+}
+
+/// Validates a header page against the length of the pool image it heads and the expected
+/// layout (`docs/FORMAT.md` §2.3 steps 5–16; `page` is ignored when `len` < 4096).
+fn check_header(
+    page: &[u8; HEADER_SIZE],
+    len: u64,
+    path: &Path,
+    writable: bool,
+    layout: Option<&str>,
+) -> Result<PoolHeader> {
     if len == 0 {
         return Err(PoolError::EmptyFile { path: path.into() });
     }
@@ -645,10 +751,7 @@ fn read_header(
             expected: HEADER_SIZE as u64,
         });
     }
-    let mut page = [0u8; HEADER_SIZE];
-    file.read_exact_at(&mut page, 0)
-        .map_err(|e| PoolError::io(path, "read header", e))?;
-    let header = PoolHeader::validate(&page, path, writable)?;
+    let header = PoolHeader::validate(page, path, writable)?;
     if len < header.pool_size {
         return Err(PoolError::Truncated {
             path: path.into(),

@@ -3,4 +3,5 @@
 //! pool offsets and bounds-checked ranges.
 
 pub(crate) mod cpu;
+pub(crate) mod heapmem;
 pub(crate) mod mapping;
