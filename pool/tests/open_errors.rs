@@ -578,3 +578,70 @@ fn file_size_limit_fails_create_and_removes_the_partial_file() {
     );
     assert!(!path.exists());
 }
+
+/// A process killed at random moments while creating pools leaves, each time, either no file,
+/// a file `open` rejects with a typed "not a complete pool" error, or a complete pool.
+#[test]
+fn kill_during_create_never_leaves_a_half_made_pool() {
+    if let Some(path) = std::env::var_os("PMSTORE_CREATE_CHILD") {
+        println!("CHILD-START");
+        let _ = Pool::create(
+            &path,
+            &CreateOptions::new(LAYOUT, 256 << 20).mode(ModeRequest::Msync),
+        );
+        println!("CHILD-DONE");
+        return;
+    }
+    // tmpfs (a 256 MiB create takes ~100 ms, mostly posix_fallocate) and the root file system
+    // (a few ms, mostly fsync).
+    let dirs = [
+        (
+            tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap()),
+            120_000u64,
+        ),
+        (
+            tempfile::tempdir_in("/var/tmp").unwrap_or_else(|_| tempfile::tempdir().unwrap()),
+            8_000u64,
+        ),
+    ];
+    let kills = std::env::var("PMSTORE_CREATE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40u32);
+    let mut outcomes = std::collections::BTreeMap::<&str, u32>::new();
+    for i in 0..kills {
+        let (dir, spread_us) = &dirs[i as usize % 2];
+        let path = dir.path().join(format!("k{i}.pool"));
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kill_during_create_never_leaves_a_half_made_pool",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PMSTORE_CREATE_CHILD", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread the kills over the creation (which takes a few milliseconds here).
+        std::thread::sleep(std::time::Duration::from_micros(
+            u64::from(i) * 977 % 12_000,
+        ));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let outcome = match Pool::open(&path, &OpenOptions::new(LAYOUT).mode(ModeRequest::Msync)) {
+            Ok(p) => {
+                assert_eq!(p.size(), 256 << 20);
+                "complete"
+            }
+            Err(PoolError::NotFound { .. }) => "no file",
+            Err(PoolError::EmptyFile { .. }) => "empty",
+            Err(PoolError::Truncated { .. }) => "truncated",
+            Err(PoolError::Incomplete { .. }) => "incomplete",
+            Err(e) => panic!("kill #{i} left an unexpected state: {e:?}"),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+        let _ = std::fs::remove_file(&path);
+    }
+    eprintln!("kill during create, {kills} kills: {outcomes:?}");
+}
