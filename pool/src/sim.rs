@@ -177,13 +177,14 @@ impl SimDomain {
         let mut out = [0u8; LINE as usize];
         let off = (line * LINE) as usize;
         assert!(off + LINE as usize <= self.len);
-        // SAFETY: the line is inside the allocation (asserted). Concurrent writers are excluded
-        // by the documented contract of the simulated domain (module docs); volatile reads keep
-        // the compiler from assuming otherwise.
+        // SAFETY: the line is inside the allocation (asserted) and 64-byte aligned (the
+        // allocation is page-aligned), so its eight words are aligned u64s. Concurrent writers
+        // are excluded by the documented contract of the simulated domain (module docs);
+        // volatile reads keep the compiler from assuming otherwise.
         unsafe {
-            let src = self.working.ptr().as_ptr().add(off);
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = std::ptr::read_volatile(src.add(i));
+            let src = self.working.ptr().as_ptr().add(off) as *const u64;
+            for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+                chunk.copy_from_slice(&std::ptr::read_volatile(src.add(i)).to_ne_bytes());
             }
         }
         out
