@@ -1,7 +1,26 @@
 //! # pmstore-alloc
 //!
 //! The persistent allocator of pmstore (chunks, size-class runs with allocation bitmaps, a
-//! redo log per lane). Not written yet: this crate only fixes its place in the layering
-//! (`pmstore-pool` below, `pmstore-tx` above).
+//! redo log per lane). So far it holds the **lane redo log** ([`redo`]): a word-granular,
+//! checksummed redo log per lane that makes a set of 8-byte word updates atomic, with two
+//! drains per commit, and its recovery. Format and crash argument: `docs/REDO.md`.
+//!
+//! ```
+//! use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+//! use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let mut pool = Pool::create(dir.path().join("p"), &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+//! let (logs, _report) = RedoLogs::recover(&mut pool)?; // at open, before anything else
+//! let mut lane = logs.lane(0).expect("lane 0 is free");
+//! let mut ctx = pool.flush_context();
+//! let a = pool.geometry().heap_offset;
+//! // SAFETY: this thread owns the words at `a` and `a + 8`; one RedoLogs per pool.
+//! unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(a, 1), RedoEntry::new(a + 8, 2)])? };
+//! # Ok::<(), pmstore_alloc::AllocError>(())
+//! ```
 
+mod error;
+pub mod redo;
+
+pub use error::{AllocError, CorruptReason, Result, TargetError};
 pub use pmstore_pool as pool;

@@ -620,12 +620,17 @@ fn kill_during_create_never_leaves_a_half_made_pool() {
                 "--test-threads=1",
             ])
             .env("PMSTORE_CREATE_CHILD", &path)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Spread the kills over the creation (which takes a few milliseconds here).
+        // Wait until the child is about to create, then spread the kills over the creation.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0
+            && !line.contains("CHILD-START")
+        {}
         std::thread::sleep(std::time::Duration::from_micros(
-            u64::from(i) * 977 % 12_000,
+            u64::from(i) * 7_919 % spread_us,
         ));
         let _ = child.kill();
         child.wait().unwrap();

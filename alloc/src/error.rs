@@ -1,0 +1,112 @@
+//! The allocator layer's error type.
+
+use pmstore_pool::PoolError;
+
+/// Result type of the allocator layer.
+pub type Result<T, E = AllocError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the allocator layer (including its redo logs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AllocError {
+    /// An error of the pool layer (I/O, msync failure, poisoned pool, ...).
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A redo log was asked to hold more entries than fit in its region. Nothing was written.
+    #[error("redo log full: {needed} entries requested, capacity is {capacity}")]
+    LogFull {
+        /// Entries requested.
+        needed: usize,
+        /// Entries a lane's redo log holds ([`crate::redo::REDO_CAPACITY`]).
+        capacity: usize,
+    },
+    /// A redo entry passed to `commit` names a word that redo logs may not modify. Nothing was
+    /// written.
+    #[error("redo entry {index}: target {target:#x} is invalid: {reason}")]
+    InvalidTarget {
+        /// Index of the offending entry.
+        index: usize,
+        /// Its target offset.
+        target: u64,
+        /// What is wrong with it.
+        reason: TargetError,
+    },
+    /// A lane's redo log has a valid checksum but contents no correct writer produces (a bug or
+    /// a foreign writer, not media corruption). Recovery modified nothing.
+    #[error("lane {lane}: corrupt redo log (seq {seq}): {reason}")]
+    CorruptLog {
+        /// The lane whose log is corrupt.
+        lane: u32,
+        /// The log's sequence number.
+        seq: u64,
+        /// What is wrong with it.
+        reason: CorruptReason,
+    },
+    /// The pool's lanes are too small to hold a redo log.
+    #[error("lanes of {lane_size} bytes cannot hold the {needed}-byte redo log")]
+    LaneTooSmall {
+        /// The pool's lane size.
+        lane_size: u32,
+        /// The redo log's size ([`crate::redo::REDO_LOG_SIZE`]).
+        needed: u64,
+    },
+    /// The pool is open read-only but the operation must write: a commit, or a recovery that
+    /// found `pending_lanes` lanes with a log to replay or clear.
+    #[error("pool is read-only ({pending_lanes} lanes need log recovery)")]
+    ReadOnly {
+        /// Lanes whose logs need recovery (0 for a commit).
+        pending_lanes: usize,
+    },
+}
+
+/// Why a redo target is refused (see `docs/REDO.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// Not a multiple of 8.
+    #[error("not 8-byte aligned")]
+    Misaligned,
+    /// The word does not lie inside the pool.
+    #[error("outside the pool")]
+    OutOfPool,
+    /// The word lies in the (immutable) pool header page.
+    #[error("inside the pool header page")]
+    InHeader,
+    /// The word lies in a lane's redo log region.
+    #[error("inside the redo log region of lane {lane}")]
+    InRedoLog {
+        /// That lane.
+        lane: u32,
+    },
+}
+
+/// What is wrong with a redo log whose checksum is valid (see [`AllocError::CorruptLog`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptReason {
+    /// The sequence number is zero (sequence numbers start at 1).
+    #[error("sequence number 0")]
+    ZeroSeq,
+    /// A reserved header byte is not zero.
+    #[error("reserved header byte at offset {offset} is not zero")]
+    ReservedNotZero {
+        /// Offset of the first non-zero reserved byte, within the header.
+        offset: usize,
+    },
+    /// An entry's target is invalid.
+    #[error("entry {index}: target {target:#x}: {error}")]
+    BadTarget {
+        /// Index of the entry.
+        index: usize,
+        /// Its target.
+        target: u64,
+        /// What is wrong with it.
+        error: TargetError,
+    },
+    /// Another valid log has the same sequence number, so replay order is undefined.
+    #[error("lane {other_lane} has a valid log with the same sequence number")]
+    DuplicateSeq {
+        /// The other lane.
+        other_lane: u32,
+    },
+}

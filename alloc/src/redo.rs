@@ -1,0 +1,931 @@
+//! The lane redo log: a word-granular, checksummed redo log per lane that makes a set of
+//! 8-byte word updates atomic (format and crash argument: `docs/REDO.md`).
+//!
+//! * [`RedoLogs::recover`] runs at open, before anything else touches the pool: it replays
+//!   every valid log in sequence order, clears every log, and returns the volatile state
+//!   shared by all lanes (the sequence counter and the pending-invalidation set).
+//! * [`RedoLogs::lane`] hands out the one [`LaneLog`] of a lane; [`LaneLog::commit`] writes a
+//!   log, makes it durable (the commit point), applies it and invalidates it, with exactly two
+//!   drains.
+
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+use crossbeam_utils::CachePadded;
+use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE};
+
+use crate::error::{AllocError, CorruptReason, Result, TargetError};
+
+/// Size of a lane's redo log region, at the start of the lane.
+pub const REDO_LOG_SIZE: u64 = 4096;
+/// Size of the redo log header (one cache line).
+pub const REDO_HEADER_SIZE: u64 = 64;
+/// Size of one redo entry.
+pub const REDO_ENTRY_SIZE: u64 = 16;
+/// Entries one redo log holds: `(REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE` = 252.
+pub const REDO_CAPACITY: usize = ((REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize;
+/// The checksum covers the header from this offset (everything after the checksum field).
+const CRC_START: usize = 4;
+/// Size of the reserved tail of the header.
+const RESERVED: usize = 48;
+
+/// The redo log header, byte for byte (little-endian), at offset 0 of the log region.
+///
+/// `checksum` and `count` form the first 8-byte word, so a log is invalidated by one atomic
+/// 8-byte store of zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct RedoHeader {
+    /// CRC-32C of header bytes `[4, 64)` followed by the `count` entries.
+    pub checksum: u32,
+    /// Number of entries, `1..=REDO_CAPACITY` in a valid log; 0 = no log.
+    pub count: u32,
+    /// Pool-wide sequence number of the log (>= 1): replay order.
+    pub seq: u64,
+    /// Must be zero.
+    pub reserved: [u8; RESERVED],
+}
+
+/// One redo entry: store `value` at pool offset `target` (an 8-byte aligned word).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RedoEntry {
+    /// Pool offset of the word to store to.
+    pub target: u64,
+    /// The value to store there.
+    pub value: u64,
+}
+
+// The format contract (docs/REDO.md), checked at compile time.
+const _: () = {
+    assert!(size_of::<RedoHeader>() == REDO_HEADER_SIZE as usize);
+    assert!(offset_of!(RedoHeader, checksum) == 0);
+    assert!(offset_of!(RedoHeader, count) == 4);
+    assert!(offset_of!(RedoHeader, seq) == 8);
+    assert!(offset_of!(RedoHeader, reserved) == 16);
+    assert!(size_of::<RedoEntry>() == REDO_ENTRY_SIZE as usize);
+    assert!(offset_of!(RedoEntry, target) == 0);
+    assert!(offset_of!(RedoEntry, value) == 8);
+    assert!(REDO_HEADER_SIZE == CACHE_LINE);
+    assert!(REDO_LOG_SIZE % CACHE_LINE == 0);
+    assert!(REDO_CAPACITY == 252);
+};
+
+impl RedoEntry {
+    /// An entry storing `value` at `target`.
+    pub const fn new(target: u64, value: u64) -> RedoEntry {
+        RedoEntry { target, value }
+    }
+}
+
+impl From<(u64, u64)> for RedoEntry {
+    fn from((target, value): (u64, u64)) -> RedoEntry {
+        RedoEntry { target, value }
+    }
+}
+
+impl RedoHeader {
+    /// A header for a log of `entries` with sequence number `seq`, checksum filled in.
+    pub fn new(seq: u64, entries: &[RedoEntry]) -> RedoHeader {
+        let mut h = RedoHeader {
+            checksum: 0,
+            count: u32::try_from(entries.len()).expect("entry count fits a u32"),
+            seq,
+            reserved: [0; RESERVED],
+        };
+        h.checksum = log_checksum(&h, entries);
+        h
+    }
+
+    /// The first 8-byte word (`checksum | count << 32`), as stored.
+    pub fn word(&self) -> u64 {
+        u64::from(self.checksum) | u64::from(self.count) << 32
+    }
+}
+
+/// The checksum of a log: CRC-32C of header bytes `[4, 64)` followed by `entries`.
+pub fn log_checksum(header: &RedoHeader, entries: &[RedoEntry]) -> u32 {
+    let crc = crc32c::crc32c(&bytemuck::bytes_of(header)[CRC_START..]);
+    crc32c::crc32c_append(crc, bytemuck::cast_slice(entries))
+}
+
+/// The bytes of a complete log (header then entries), as [`LaneLog::commit`] writes them.
+/// For tools and tests that build media states.
+pub fn encode_log(seq: u64, entries: &[RedoEntry]) -> Vec<u8> {
+    let h = RedoHeader::new(seq, entries);
+    let mut v = bytemuck::bytes_of(&h).to_vec();
+    v.extend_from_slice(bytemuck::cast_slice(entries));
+    v
+}
+
+/// Where the redo logs lie in a pool, and which words they may target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedoLayout {
+    pool_size: u64,
+    lanes_offset: u64,
+    lane_count: u32,
+    lane_size: u32,
+}
+
+impl RedoLayout {
+    /// The layout of a pool of `pool_size` bytes with `geometry`.
+    ///
+    /// # Errors
+    /// [`AllocError::LaneTooSmall`] if a lane cannot hold a redo log.
+    pub fn new(pool_size: u64, geometry: &Geometry) -> Result<RedoLayout> {
+        if u64::from(geometry.lane_size) < REDO_LOG_SIZE {
+            return Err(AllocError::LaneTooSmall {
+                lane_size: geometry.lane_size,
+                needed: REDO_LOG_SIZE,
+            });
+        }
+        Ok(RedoLayout {
+            pool_size,
+            lanes_offset: geometry.lanes_offset,
+            lane_count: geometry.lane_count,
+            lane_size: geometry.lane_size,
+        })
+    }
+
+    /// Number of lanes (and logs).
+    pub fn lane_count(&self) -> u32 {
+        self.lane_count
+    }
+
+    /// Pool offset of lane `lane`'s log region (the lane's first byte).
+    ///
+    /// # Panics
+    /// If `lane >= lane_count`.
+    pub fn log_offset(&self, lane: u32) -> u64 {
+        assert!(lane < self.lane_count, "lane {lane} out of range");
+        self.lanes_offset + u64::from(lane) * u64::from(self.lane_size)
+    }
+
+    /// Checks that `target` is a word a redo log may store to: 8-byte aligned, inside the pool,
+    /// outside the header page and outside every lane's redo log region.
+    pub fn check_target(&self, target: u64) -> Result<(), TargetError> {
+        if target % 8 != 0 {
+            return Err(TargetError::Misaligned);
+        }
+        if !matches!(target.checked_add(8), Some(end) if end <= self.pool_size) {
+            return Err(TargetError::OutOfPool);
+        }
+        if target < HEADER_SIZE as u64 {
+            return Err(TargetError::InHeader);
+        }
+        let lanes_len = u64::from(self.lane_count) * u64::from(self.lane_size);
+        if let Some(rel) = target.checked_sub(self.lanes_offset) {
+            if rel < lanes_len && rel % u64::from(self.lane_size) < REDO_LOG_SIZE {
+                return Err(TargetError::InRedoLog {
+                    lane: (rel / u64::from(self.lane_size)) as u32,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a log is not valid (and so never replayed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// `count` is 0 (with a non-zero checksum) or above [`REDO_CAPACITY`].
+    BadCount(u32),
+    /// The stored checksum does not match the contents.
+    ChecksumMismatch {
+        /// The stored checksum.
+        stored: u32,
+        /// The checksum of the contents.
+        computed: u32,
+    },
+}
+
+/// What a lane's log region holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogState {
+    /// The (checksum, count) word is zero: no log (fresh, or invalidated).
+    Empty,
+    /// Something else that is not a valid log (torn, stale, or damaged): never replayed.
+    Invalid(Invalid),
+    /// A valid log: replayed by recovery.
+    Valid {
+        /// Its sequence number.
+        seq: u64,
+        /// Its entries, in order.
+        entries: Vec<RedoEntry>,
+    },
+}
+
+/// Decodes the log region of lane `lane` (`region` is the whole region,
+/// [`REDO_LOG_SIZE`] bytes). Never panics on any contents.
+///
+/// # Errors
+/// [`AllocError::CorruptLog`] if the checksum is valid but a field is not: sequence number 0,
+/// a non-zero reserved byte, or an invalid target ([`RedoLayout::check_target`]).
+///
+/// # Panics
+/// If `region` is not [`REDO_LOG_SIZE`] bytes long.
+pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogState> {
+    assert_eq!(region.len() as u64, REDO_LOG_SIZE, "a whole log region");
+    let header: RedoHeader = bytemuck::pod_read_unaligned(&region[..REDO_HEADER_SIZE as usize]);
+    if header.word() == 0 {
+        return Ok(LogState::Empty);
+    }
+    let count = header.count as usize;
+    if count == 0 || count > REDO_CAPACITY {
+        return Ok(LogState::Invalid(Invalid::BadCount(header.count)));
+    }
+    let end = REDO_HEADER_SIZE as usize + count * REDO_ENTRY_SIZE as usize;
+    let computed = crc32c::crc32c(&region[CRC_START..end]);
+    if computed != header.checksum {
+        return Ok(LogState::Invalid(Invalid::ChecksumMismatch {
+            stored: header.checksum,
+            computed,
+        }));
+    }
+    let corrupt = |reason| AllocError::CorruptLog {
+        lane,
+        seq: header.seq,
+        reason,
+    };
+    if header.seq == 0 {
+        return Err(corrupt(CorruptReason::ZeroSeq));
+    }
+    if let Some(i) = header.reserved.iter().position(|&b| b != 0) {
+        return Err(corrupt(CorruptReason::ReservedNotZero {
+            offset: offset_of!(RedoHeader, reserved) + i,
+        }));
+    }
+    let entries: Vec<RedoEntry> = region[REDO_HEADER_SIZE as usize..end]
+        .chunks_exact(REDO_ENTRY_SIZE as usize)
+        .map(bytemuck::pod_read_unaligned)
+        .collect();
+    for (index, e) in entries.iter().enumerate() {
+        layout.check_target(e.target).map_err(|error| {
+            corrupt(CorruptReason::BadTarget {
+                index,
+                target: e.target,
+                error,
+            })
+        })?;
+    }
+    Ok(LogState::Valid {
+        seq: header.seq,
+        entries,
+    })
+}
+
+/// What [`RedoLogs::recover`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Valid logs replayed.
+    pub logs_replayed: usize,
+    /// Entries applied (sum over the replayed logs).
+    pub entries_applied: usize,
+    /// Invalid (torn, stale or damaged) logs cleared without being replayed.
+    pub invalid_cleared: usize,
+    /// Highest sequence number of a valid log found (0 if none).
+    pub max_seq: u64,
+}
+
+/// What one [`LaneLog::commit`] did: the lines it flushed, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// The log's sequence number (0 for an empty commit, which does nothing).
+    pub seq: u64,
+    /// Entries in the log.
+    pub entries: usize,
+    /// Cache lines of the log region flushed (header + entries).
+    pub log_lines: usize,
+    /// Distinct cache lines of targets flushed.
+    pub target_lines: usize,
+    /// Header lines of other lanes with a pending invalidation, flushed before drain #1.
+    pub pending_lines: usize,
+    /// Lines flushed by the invalidation (1).
+    pub invalidation_lines: usize,
+    /// Drains (2).
+    pub drains: usize,
+}
+
+impl CommitStats {
+    /// Total cache lines flushed.
+    pub fn lines(&self) -> usize {
+        self.log_lines + self.target_lines + self.pending_lines + self.invalidation_lines
+    }
+}
+
+/// The volatile state shared by all lanes.
+struct Shared {
+    layout: RedoLayout,
+    /// Address of the pool's mapping, with the uuid: which pool these logs belong to.
+    pool_base: usize,
+    pool_uuid: [u8; 16],
+    /// The next sequence number.
+    seq: CachePadded<AtomicU64>,
+    /// Per lane: the sequence number of its last invalidated log while that invalidation is
+    /// not known to be durable (the pending-invalidation set), else 0. Only the lane's owner
+    /// stores a non-zero value; others only compare-exchange a value they saw back to 0.
+    pending: Box<[AtomicU64]>,
+    /// One bit per lane: "may be pending" (a superset of the lanes with a non-zero `pending`),
+    /// so that a commit scans words, not lanes. Set by the lane's owner at its first
+    /// invalidation and never cleared (a stale bit costs one load of `pending`).
+    summary: Box<[AtomicU64]>,
+    /// Whether lane `i`'s [`LaneLog`] is handed out.
+    claimed: Box<[AtomicBool]>,
+}
+
+impl Shared {
+    /// Panics unless `pool` is the pool these logs were recovered from.
+    #[inline]
+    fn check_pool(&self, pool: &Pool) {
+        assert!(
+            pool.ptr_at(0, 0).as_ptr() as usize == self.pool_base
+                && pool.header().uuid == self.pool_uuid,
+            "redo logs used with another pool"
+        );
+    }
+
+    /// Flushes the header line of every lane (except `skip`) with a pending invalidation and
+    /// records `(lane, token)` in `covered`, for [`Shared::clear_covered`] after the drain.
+    fn flush_pending(
+        &self,
+        pool: &Pool,
+        ctx: &mut FlushContext,
+        skip: Option<u32>,
+        covered: &mut Vec<(u32, u64)>,
+    ) {
+        covered.clear();
+        for (w, word) in self.summary.iter().enumerate() {
+            let mut bits = word.load(Ordering::SeqCst);
+            while bits != 0 {
+                let lane = (w * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if Some(lane) == skip {
+                    continue;
+                }
+                // Acquire (SeqCst): the owner's invalidation store happens-before its token
+                // store, so the line flushed below holds the zero or something later.
+                let token = self.pending[lane as usize].load(Ordering::SeqCst);
+                if token != 0 {
+                    pool.flush(ctx, self.layout.log_offset(lane), REDO_HEADER_SIZE);
+                    covered.push((lane, token));
+                }
+            }
+        }
+    }
+
+    /// After a drain that followed [`Shared::flush_pending`]: the invalidations recorded in
+    /// `covered` are durable, so remove them from the set, unless the owner has since
+    /// published a newer one (the token differs: tokens are unique sequence numbers).
+    fn clear_covered(&self, covered: &[(u32, u64)]) {
+        for &(lane, token) in covered {
+            let _ = self.pending[lane as usize].compare_exchange(
+                token,
+                0,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// The redo logs of a pool: the volatile state shared by its lanes (sequence counter,
+/// pending-invalidation set, which lanes are handed out). Cheap to clone.
+#[derive(Clone)]
+pub struct RedoLogs {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedoLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedoLogs")
+            .field("layout", &self.shared.layout)
+            .field("next_seq", &self.next_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A valid log found by recovery.
+struct Found {
+    lane: u32,
+    seq: u64,
+    entries: Vec<RedoEntry>,
+}
+
+impl RedoLogs {
+    /// Recovers the redo logs of `pool` and returns their volatile state. Run it at open,
+    /// before anything else reads or writes the pool's lanes or heap.
+    ///
+    /// Reads every lane's log; checks every valid one ([`decode_log`]); replays the valid logs
+    /// in increasing sequence order (storing each value, flushing each touched line); drains;
+    /// clears the (checksum, count) word of each valid log in increasing sequence order, with
+    /// a drain after each; clears every invalid non-empty log; drains. A crash anywhere in here
+    /// is recovered by the next recovery, with the same result. The sequence counter restarts at
+    /// 1 + the highest sequence number found (or 1).
+    ///
+    /// `&mut Pool`: recovery writes anywhere a log says, so it needs the pool to itself.
+    ///
+    /// # Errors
+    /// * [`AllocError::LaneTooSmall`] if lanes are smaller than [`REDO_LOG_SIZE`].
+    /// * [`AllocError::CorruptLog`] if a log with a valid checksum has an invalid field or
+    ///   target, or two valid logs share a sequence number: then nothing was modified.
+    /// * [`AllocError::ReadOnly`] if the pool is read-only and some log needs replaying or
+    ///   clearing (nothing was modified).
+    /// * [`AllocError::Pool`] if a drain fails.
+    pub fn recover(pool: &mut Pool) -> Result<(RedoLogs, RecoveryReport)> {
+        let pool: &Pool = pool;
+        let layout = RedoLayout::new(pool.size(), &pool.geometry())?;
+        let mut found: Vec<Found> = Vec::new();
+        let mut invalid: Vec<u32> = Vec::new();
+        let mut region = vec![0u8; REDO_LOG_SIZE as usize];
+        for lane in 0..layout.lane_count {
+            let off = layout.log_offset(lane);
+            // SAFETY: we hold the only reference to the pool (`&mut Pool`), so no safe access
+            // runs concurrently, and every unsafe accessor's contract makes its caller rule
+            // out races with us.
+            unsafe { pool.read(off, &mut region[..8]) };
+            if region[..8] == [0; 8] {
+                continue;
+            }
+            // SAFETY: as above.
+            unsafe { pool.read(off, &mut region) };
+            match decode_log(&region, lane, &layout)? {
+                LogState::Empty => {}
+                LogState::Invalid(_) => invalid.push(lane),
+                LogState::Valid { seq, entries } => found.push(Found { lane, seq, entries }),
+            }
+        }
+        found.sort_by_key(|f| (f.seq, f.lane));
+        if let Some(w) = found.windows(2).find(|w| w[0].seq == w[1].seq) {
+            return Err(AllocError::CorruptLog {
+                lane: w[1].lane,
+                seq: w[1].seq,
+                reason: CorruptReason::DuplicateSeq {
+                    other_lane: w[0].lane,
+                },
+            });
+        }
+        let max_seq = found.last().map_or(0, |f| f.seq);
+        let report = RecoveryReport {
+            logs_replayed: found.len(),
+            entries_applied: found.iter().map(|f| f.entries.len()).sum(),
+            invalid_cleared: invalid.len(),
+            max_seq,
+        };
+        if !found.is_empty() || !invalid.is_empty() {
+            if pool.is_read_only() {
+                return Err(AllocError::ReadOnly {
+                    pending_lanes: found.len() + invalid.len(),
+                });
+            }
+            let mut ctx = pool.flush_context();
+            let mut lines = Vec::new();
+            for f in &found {
+                for e in &f.entries {
+                    // SAFETY: exclusive pool (as above); the target was checked by decode_log.
+                    unsafe { store_word(pool, e.target, e.value) };
+                    lines.push(e.target & !(CACHE_LINE - 1));
+                }
+            }
+            lines.sort_unstable();
+            lines.dedup();
+            for &line in &lines {
+                pool.flush(&mut ctx, line, CACHE_LINE);
+            }
+            // The replayed values must be durable before any log is cleared.
+            pool.drain(&mut ctx)?;
+            // Valid logs are cleared one drain at a time, in increasing sequence order, so
+            // that after a crash in here the logs still valid are a suffix in sequence order:
+            // clearing a later log first could leave an earlier overlapping one alone valid,
+            // and replaying it alone would clobber the later one's values (docs/REDO.md §5).
+            for f in &found {
+                let off = layout.log_offset(f.lane);
+                // SAFETY: exclusive pool (as above); the header word is inside the pool.
+                unsafe { store_word(pool, off, 0) };
+                pool.flush(&mut ctx, off, 8);
+                pool.drain(&mut ctx)?;
+            }
+            // Invalid logs are never replayed: clearing them needs no order. (They are cleared
+            // so that a later log of the lane with the same first entries cannot make them
+            // valid again: docs/REDO.md §5.)
+            for &lane in &invalid {
+                let off = layout.log_offset(lane);
+                // SAFETY: as above.
+                unsafe { store_word(pool, off, 0) };
+                pool.flush(&mut ctx, off, 8);
+            }
+            pool.drain(&mut ctx)?;
+        }
+        let n = layout.lane_count as usize;
+        let logs = RedoLogs {
+            shared: Arc::new(Shared {
+                layout,
+                pool_base: pool.ptr_at(0, 0).as_ptr() as usize,
+                pool_uuid: pool.header().uuid,
+                seq: CachePadded::new(AtomicU64::new(max_seq + 1)),
+                pending: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+                claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            }),
+        };
+        Ok((logs, report))
+    }
+
+    /// Claims lane `lane`'s log: `None` if it is already handed out (until that [`LaneLog`]
+    /// is dropped).
+    ///
+    /// # Panics
+    /// If `lane >= lane_count`.
+    pub fn lane(&self, lane: u32) -> Option<LaneLog> {
+        let offset = self.shared.layout.log_offset(lane);
+        self.shared.claimed[lane as usize]
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        Some(LaneLog {
+            shared: Arc::clone(&self.shared),
+            lane,
+            offset,
+            covered: Vec::new(),
+            lines: Vec::new(),
+        })
+    }
+
+    /// Number of lanes.
+    pub fn lane_count(&self) -> u32 {
+        self.shared.layout.lane_count
+    }
+
+    /// Where the logs lie and which targets they accept.
+    pub fn layout(&self) -> &RedoLayout {
+        &self.shared.layout
+    }
+
+    /// The sequence number the next commit will get.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.seq.load(Ordering::Relaxed)
+    }
+
+    /// Number of lanes whose last invalidation is not yet known to be durable.
+    pub fn pending_invalidations(&self) -> usize {
+        self.shared
+            .pending
+            .iter()
+            .filter(|p| p.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
+    /// A barrier: makes every pending invalidation durable (flush + one drain through `ctx`)
+    /// and empties the set. Needed before a word that a redo log targeted is modified by other
+    /// means than a redo log (see `docs/REDO.md` §4). Returns the number of header lines
+    /// flushed.
+    ///
+    /// # Errors
+    /// [`AllocError::Pool`] if the drain fails.
+    ///
+    /// # Panics
+    /// If `pool` is not the pool these logs were recovered from.
+    pub fn sync_invalidations(&self, pool: &Pool, ctx: &mut FlushContext) -> Result<usize> {
+        self.shared.check_pool(pool);
+        let mut covered = Vec::new();
+        self.shared.flush_pending(pool, ctx, None, &mut covered);
+        pool.drain(ctx)?;
+        self.shared.clear_covered(&covered);
+        Ok(covered.len())
+    }
+}
+
+/// The exclusive handle on one lane's redo log (from [`RedoLogs::lane`]); released on drop.
+pub struct LaneLog {
+    shared: Arc<Shared>,
+    lane: u32,
+    offset: u64,
+    /// Scratch: `(lane, token)` of the pending invalidations flushed by the current commit.
+    covered: Vec<(u32, u64)>,
+    /// Scratch: target lines of the current commit.
+    lines: Vec<u64>,
+}
+
+impl std::fmt::Debug for LaneLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneLog")
+            .field("lane", &self.lane)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LaneLog {
+    fn drop(&mut self) {
+        self.shared.claimed[self.lane as usize].store(false, Ordering::Release);
+    }
+}
+
+impl LaneLog {
+    /// The lane's index.
+    pub fn lane(&self) -> u32 {
+        self.lane
+    }
+
+    /// Pool offset of the lane's log region.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Atomically stores every `entry.value` at `entry.target` (in entry order: of duplicate
+    /// targets the last wins), durably, with exactly two drains through `ctx`:
+    ///
+    /// 1. flush the header lines of other lanes' pending invalidations;
+    /// 2. write the entries, then the header; flush the log's lines;
+    /// 3. drain #1 — **the commit point**: the update is durable from here on;
+    /// 4. store the values, flush each touched line once;
+    /// 5. drain #2 — the values are durable;
+    /// 6. invalidate the log (store 0 to the (checksum, count) word, flush it, no drain) and
+    ///    add the lane to the pending-invalidation set.
+    ///
+    /// An empty `entries` does nothing. Targets and size are checked before anything is
+    /// written.
+    ///
+    /// # Safety
+    /// For the whole call, until it returns:
+    /// * no other thread reads or writes any target word (other than through this lane's
+    ///   commit), and no reference to one is live: the caller owns the targets exclusively
+    ///   (e.g. under the lock of the run or object they belong to), and keeps owning them
+    ///   until this returns;
+    /// * no other [`RedoLogs`] of the same pool is in use (the lane region's exclusivity is
+    ///   guaranteed by this `&mut LaneLog` only within one `RedoLogs`).
+    ///
+    /// Afterwards, a target word may be modified again by another redo log commit freely;
+    /// by any other means only after [`RedoLogs::sync_invalidations`] (`docs/REDO.md` §4).
+    ///
+    /// # Errors
+    /// * [`AllocError::LogFull`] if `entries.len() > REDO_CAPACITY`; nothing written.
+    /// * [`AllocError::InvalidTarget`] for a target [`RedoLayout::check_target`] refuses;
+    ///   nothing written.
+    /// * [`AllocError::ReadOnly`] on a read-only pool.
+    /// * [`AllocError::Pool`] if a drain fails (the pool is then poisoned: reopen it and let
+    ///   recovery decide).
+    ///
+    /// # Panics
+    /// If `pool` is not the pool these logs were recovered from, or `ctx` belongs to another
+    /// pool.
+    pub unsafe fn commit(
+        &mut self,
+        pool: &Pool,
+        ctx: &mut FlushContext,
+        entries: &[RedoEntry],
+    ) -> Result<CommitStats> {
+        let sh = &*self.shared;
+        sh.check_pool(pool);
+        if pool.is_read_only() {
+            return Err(AllocError::ReadOnly { pending_lanes: 0 });
+        }
+        let n = entries.len();
+        if n == 0 {
+            return Ok(CommitStats::default());
+        }
+        if n > REDO_CAPACITY {
+            return Err(AllocError::LogFull {
+                needed: n,
+                capacity: REDO_CAPACITY,
+            });
+        }
+        for (index, e) in entries.iter().enumerate() {
+            sh.layout
+                .check_target(e.target)
+                .map_err(|reason| AllocError::InvalidTarget {
+                    index,
+                    target: e.target,
+                    reason,
+                })?;
+        }
+
+        // 1. Pending invalidations of other lanes (ours is overwritten by our own header).
+        sh.flush_pending(pool, ctx, Some(self.lane), &mut self.covered);
+
+        // 2. Entries, then the header, the (checksum, count) word last.
+        let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
+        let header = RedoHeader::new(seq, entries);
+        let off = self.offset;
+        let log_len = REDO_HEADER_SIZE + n as u64 * REDO_ENTRY_SIZE;
+        // SAFETY: the log region of our lane is written only through its one `LaneLog` of the
+        // one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes' commits
+        // only flush its header line, which is not an access. Nothing holds a reference into
+        // it. The range is inside the pool (layout checked at recovery).
+        unsafe {
+            pool.write(off + REDO_HEADER_SIZE, bytemuck::cast_slice(entries));
+            pool.write(off + 8, &bytemuck::bytes_of(&header)[8..]);
+            store_word(pool, off, header.word());
+        }
+        pool.flush(ctx, off, log_len);
+
+        // 3. Drain #1: the commit point. It also made the invalidations flushed in step 1 (and
+        // our own previous one, overwritten by the new header) durable.
+        pool.drain(ctx)?;
+        if sh.pending[self.lane as usize].load(Ordering::Relaxed) != 0 {
+            sh.pending[self.lane as usize].store(0, Ordering::SeqCst);
+        }
+        sh.clear_covered(&self.covered);
+
+        // 4. Apply.
+        self.lines.clear();
+        for e in entries {
+            // SAFETY: the caller owns every target word exclusively for the call; the target
+            // was checked (aligned, inside the pool, not in the header or a log region).
+            unsafe { store_word(pool, e.target, e.value) };
+            self.lines.push(e.target & !(CACHE_LINE - 1));
+        }
+        self.lines.sort_unstable();
+        self.lines.dedup();
+        for &line in &self.lines {
+            pool.flush(ctx, line, CACHE_LINE);
+        }
+
+        // 5. Drain #2: the values are durable; only now may the log be invalidated.
+        pool.drain(ctx)?;
+
+        // 6. Invalidate, without a drain: the next drain that flushes this line makes it
+        // durable (ours at our next commit, or another lane's in its step 1).
+        // SAFETY: our lane's header word, as in step 2.
+        unsafe { store_word(pool, off, 0) };
+        pool.flush(ctx, off, 8);
+        let lane = self.lane as usize;
+        // SeqCst (Release): the zero store above happens-before any load that sees the token.
+        sh.pending[lane].store(seq, Ordering::SeqCst);
+        let bit = 1u64 << (lane % 64);
+        if sh.summary[lane / 64].load(Ordering::Relaxed) & bit == 0 {
+            sh.summary[lane / 64].fetch_or(bit, Ordering::SeqCst);
+        }
+
+        Ok(CommitStats {
+            seq,
+            entries: n,
+            log_lines: log_len.div_ceil(CACHE_LINE) as usize,
+            target_lines: self.lines.len(),
+            pending_lines: self.covered.len(),
+            invalidation_lines: 1,
+            drains: 2,
+        })
+    }
+}
+
+/// Stores `value` to the 8-byte word at pool offset `offset` with a single (atomic) store.
+///
+/// # Safety
+/// No other thread accesses the word concurrently with non-atomic accesses, and no reference
+/// to it is live.
+///
+/// # Panics
+/// If the word is not inside the pool, or is misaligned, or the pool is read-only.
+#[inline]
+unsafe fn store_word(pool: &Pool, offset: u64, value: u64) {
+    assert!(!pool.is_read_only(), "write to a read-only pool");
+    assert!(offset % 8 == 0, "misaligned word {offset:#x}");
+    let p = pool.ptr_at(offset, 8).as_ptr().cast::<u64>();
+    // SAFETY: `p` is inside the writable mapping (ptr_at checked the range; the pool is not
+    // read-only), 8-byte aligned (the mapping is page-aligned and `offset % 8 == 0`), valid
+    // for the pool's lifetime, which outlives this statement; the caller rules out concurrent
+    // non-atomic accesses.
+    unsafe { AtomicU64::from_ptr(p) }.store(value, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> RedoLayout {
+        // 8 MiB pool, 4 KiB root, 4 lanes of 16 KiB.
+        RedoLayout {
+            pool_size: 8 << 20,
+            lanes_offset: 8192,
+            lane_count: 4,
+            lane_size: 16 << 10,
+        }
+    }
+
+    fn region(bytes: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; REDO_LOG_SIZE as usize];
+        r[..bytes.len()].copy_from_slice(bytes);
+        r
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        let l = layout();
+        let heap = 8192 + 4 * (16 << 10);
+        assert_eq!(l.check_target(heap), Ok(()));
+        assert_eq!(l.check_target(4096), Ok(())); // root area
+        assert_eq!(l.check_target(8192 + 4096), Ok(())); // lane 0, after its log
+        assert_eq!(l.check_target(8192 + (16 << 10) - 8), Ok(()));
+        assert_eq!(l.check_target((8 << 20) - 8), Ok(()));
+        assert_eq!(l.check_target(heap + 4), Err(TargetError::Misaligned));
+        assert_eq!(l.check_target(8 << 20), Err(TargetError::OutOfPool));
+        assert_eq!(l.check_target(u64::MAX - 7), Err(TargetError::OutOfPool));
+        assert_eq!(l.check_target(0), Err(TargetError::InHeader));
+        assert_eq!(l.check_target(4088), Err(TargetError::InHeader));
+        assert_eq!(
+            l.check_target(8192),
+            Err(TargetError::InRedoLog { lane: 0 })
+        );
+        assert_eq!(
+            l.check_target(8192 + 3 * (16 << 10) + 4088),
+            Err(TargetError::InRedoLog { lane: 3 })
+        );
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let l = layout();
+        let entries = [RedoEntry::new(4096, 1), RedoEntry::new(4104, 2)];
+        let r = region(&encode_log(9, &entries));
+        assert_eq!(
+            decode_log(&r, 0, &l).unwrap(),
+            LogState::Valid {
+                seq: 9,
+                entries: entries.to_vec()
+            }
+        );
+        assert_eq!(decode_log(&region(&[]), 0, &l).unwrap(), LogState::Empty);
+    }
+
+    #[test]
+    fn checksum_covers_count_seq_reserved_and_entries() {
+        let l = layout();
+        let entries = [RedoEntry::new(4096, 1)];
+        let good = region(&encode_log(9, &entries));
+        for i in 4..80 {
+            let mut r = good.clone();
+            r[i] ^= 1;
+            assert!(
+                matches!(decode_log(&r, 0, &l).unwrap(), LogState::Invalid(_)),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_checksum_with_bad_fields_is_corrupt() {
+        let l = layout();
+        let bad = region(&encode_log(1, &[RedoEntry::new(8192, 1)]));
+        assert!(matches!(
+            decode_log(&bad, 2, &l),
+            Err(AllocError::CorruptLog {
+                lane: 2,
+                seq: 1,
+                reason: CorruptReason::BadTarget {
+                    index: 0,
+                    target: 8192,
+                    error: TargetError::InRedoLog { lane: 0 }
+                }
+            })
+        ));
+        let zero_seq = region(&encode_log(0, &[RedoEntry::new(4096, 1)]));
+        assert!(matches!(
+            decode_log(&zero_seq, 0, &l),
+            Err(AllocError::CorruptLog {
+                reason: CorruptReason::ZeroSeq,
+                ..
+            })
+        ));
+        let mut h = RedoHeader::new(3, &[RedoEntry::new(4096, 1)]);
+        h.reserved[5] = 1;
+        h.checksum = log_checksum(&h, &[RedoEntry::new(4096, 1)]);
+        let mut bytes = bytemuck::bytes_of(&h).to_vec();
+        bytes.extend_from_slice(bytemuck::bytes_of(&RedoEntry::new(4096, 1)));
+        assert!(matches!(
+            decode_log(&region(&bytes), 0, &l),
+            Err(AllocError::CorruptLog {
+                reason: CorruptReason::ReservedNotZero { offset: 21 },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_counts_are_invalid() {
+        let l = layout();
+        for count in [0u32, REDO_CAPACITY as u32 + 1, u32::MAX] {
+            let mut r = region(&[]);
+            r[0] = 1; // non-zero checksum
+            r[4..8].copy_from_slice(&count.to_le_bytes());
+            assert_eq!(
+                decode_log(&r, 0, &l).unwrap(),
+                LogState::Invalid(Invalid::BadCount(count))
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_log_fits_the_region() {
+        let l = layout();
+        let entries: Vec<_> = (0..REDO_CAPACITY as u64)
+            .map(|i| RedoEntry::new(4096 + 8 * i, i))
+            .collect();
+        let bytes = encode_log(1, &entries);
+        assert_eq!(bytes.len() as u64, REDO_LOG_SIZE);
+        assert!(matches!(
+            decode_log(&bytes, 0, &l).unwrap(),
+            LogState::Valid { .. }
+        ));
+    }
+}
