@@ -73,20 +73,8 @@ pub struct PoolHeader {
     pub pool_size: u64,
     /// Layout name, UTF-8, NUL-padded (no terminator when 64 bytes long).
     pub layout: [u8; LAYOUT_NAME_MAX],
-    /// Offset of the root area (always 4096).
-    pub root_offset: u64,
-    /// Size of the root area.
-    pub root_size: u64,
-    /// Offset of the lane area (just after the root area).
-    pub lanes_offset: u64,
-    /// Number of lanes.
-    pub lane_count: u32,
-    /// Size of one lane in bytes.
-    pub lane_size: u32,
-    /// Offset of the heap.
-    pub heap_offset: u64,
-    /// Size of the heap; the heap runs to the end of the pool.
-    pub heap_size: u64,
+    /// Where the root area, the lanes and the heap lie (bytes 136..184).
+    pub geometry: Geometry,
     /// Must be zero.
     pub reserved: [u8; 3908],
     /// CRC-32C (Castagnoli) of bytes 0..4092 of the header.
@@ -107,13 +95,15 @@ const _: () = {
     assert!(offset_of!(PoolHeader, created_unix_ns) == 56);
     assert!(offset_of!(PoolHeader, pool_size) == 64);
     assert!(offset_of!(PoolHeader, layout) == 72);
-    assert!(offset_of!(PoolHeader, root_offset) == 136);
-    assert!(offset_of!(PoolHeader, root_size) == 144);
-    assert!(offset_of!(PoolHeader, lanes_offset) == 152);
-    assert!(offset_of!(PoolHeader, lane_count) == 160);
-    assert!(offset_of!(PoolHeader, lane_size) == 164);
-    assert!(offset_of!(PoolHeader, heap_offset) == 168);
-    assert!(offset_of!(PoolHeader, heap_size) == 176);
+    assert!(offset_of!(PoolHeader, geometry) == 136);
+    assert!(size_of::<Geometry>() == 48);
+    assert!(136 + offset_of!(Geometry, root_offset) == 136);
+    assert!(136 + offset_of!(Geometry, root_size) == 144);
+    assert!(136 + offset_of!(Geometry, lanes_offset) == 152);
+    assert!(136 + offset_of!(Geometry, lane_count) == 160);
+    assert!(136 + offset_of!(Geometry, lane_size) == 164);
+    assert!(136 + offset_of!(Geometry, heap_offset) == 168);
+    assert!(136 + offset_of!(Geometry, heap_size) == 176);
     assert!(offset_of!(PoolHeader, reserved) == 184);
     assert!(offset_of!(PoolHeader, checksum) == CHECKSUM_OFFSET);
 };
@@ -140,22 +130,24 @@ impl std::fmt::Debug for PoolHeader {
     }
 }
 
-/// Where the regions owned by the upper layers lie, in pool offsets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the regions owned by the upper layers lie, in pool offsets: stored as is in the
+/// header (bytes 136..184).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Geometry {
-    /// Offset of the root area.
+    /// Offset of the root area (always 4096).
     pub root_offset: u64,
     /// Size of the root area.
     pub root_size: u64,
-    /// Offset of the lane area.
+    /// Offset of the lane area (just after the root area).
     pub lanes_offset: u64,
     /// Number of lanes.
     pub lane_count: u32,
-    /// Size of one lane.
+    /// Size of one lane in bytes.
     pub lane_size: u32,
     /// Offset of the heap.
     pub heap_offset: u64,
-    /// Size of the heap.
+    /// Size of the heap; the heap runs to the end of the pool.
     pub heap_size: u64,
 }
 
@@ -236,13 +228,7 @@ impl PoolHeader {
         h.created_unix_ns = created_unix_ns;
         h.pool_size = pool_size;
         h.layout[..layout.len()].copy_from_slice(layout.as_bytes());
-        h.root_offset = geometry.root_offset;
-        h.root_size = geometry.root_size;
-        h.lanes_offset = geometry.lanes_offset;
-        h.lane_count = geometry.lane_count;
-        h.lane_size = geometry.lane_size;
-        h.heap_offset = geometry.heap_offset;
-        h.heap_size = geometry.heap_size;
+        h.geometry = geometry;
         h.checksum = h.compute_checksum();
         h
     }
@@ -274,15 +260,7 @@ impl PoolHeader {
 
     /// The region geometry recorded in the header.
     pub fn geometry(&self) -> Geometry {
-        Geometry {
-            root_offset: self.root_offset,
-            root_size: self.root_size,
-            lanes_offset: self.lanes_offset,
-            lane_count: self.lane_count,
-            lane_size: self.lane_size,
-            heap_offset: self.heap_offset,
-            heap_size: self.heap_size,
-        }
+        self.geometry
     }
 
     /// Decodes and validates a header page read from `path` (the path only labels errors).
