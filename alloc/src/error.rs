@@ -50,6 +50,39 @@ pub enum AllocError {
         /// The redo log's size ([`crate::redo::REDO_LOG_SIZE`]).
         needed: u64,
     },
+    /// No free space for an allocation of `size` bytes. The heap is unchanged and stays
+    /// usable (frees still work).
+    #[error("out of space for {size} bytes")]
+    OutOfSpace {
+        /// Requested size.
+        size: u64,
+    },
+    /// A request larger than the whole heap. Nothing was written.
+    #[error("allocation of {size} bytes is larger than the heap")]
+    TooLarge {
+        /// Requested size.
+        size: u64,
+    },
+    /// `free` of an offset that is not the start of a live block. Nothing was written.
+    #[error("invalid free of offset {offset:#x}")]
+    InvalidFree {
+        /// The offset passed.
+        offset: u64,
+    },
+    /// `free` of a block of a run that is not allocated (its bit is clear). Nothing was written.
+    #[error("double free of offset {offset:#x}")]
+    DoubleFree {
+        /// The offset passed.
+        offset: u64,
+    },
+    /// Heap metadata (a chunk header or bitmap) that no correct writer produces.
+    #[error("corrupt heap at chunk {chunk}: {reason}")]
+    CorruptHeap {
+        /// The chunk whose metadata is corrupt.
+        chunk: u32,
+        /// What is wrong.
+        reason: crate::heap::HeapCorruption,
+    },
     /// The pool is open read-only but the operation must write: a commit, or a recovery that
     /// found `pending_lanes` lanes with a log to replay or clear.
     #[error("pool is read-only ({pending_lanes} lanes need log recovery)")]
@@ -72,6 +105,10 @@ pub enum TargetError {
     /// The word lies in the (immutable) pool header page.
     #[error("inside the pool header page")]
     InHeader,
+    /// The word lies in the heap's metadata (chunk headers and bitmaps): refused by the
+    /// allocator as a destination word.
+    #[error("inside the heap metadata")]
+    InHeapMetadata,
     /// The word lies in a lane's redo log region.
     #[error("inside the redo log region of lane {lane}")]
     InRedoLog {

@@ -1,9 +1,16 @@
 //! # pmstore-alloc
 //!
 //! The persistent allocator of pmstore (chunks, size-class runs with allocation bitmaps, a
-//! redo log per lane). So far it holds the **lane redo log** ([`redo`]): a word-granular,
-//! checksummed redo log per lane that makes a set of 8-byte word updates atomic, with two
-//! drains per commit, and its recovery. Format and crash argument: `docs/REDO.md`.
+//! redo log per lane; design: `docs/ALLOC.md`):
+//!
+//! * [`Heap`]: the allocator handle. [`Heap::open`] recovers the redo logs and builds empty
+//!   volatile state (the heap is scanned lazily); [`Heap::alloc`] and [`Heap::free`] are
+//!   atomic (one redo log each, which also stores the block's offset into, or clears, a
+//!   destination word); [`Heap::for_each_allocated`] and [`Heap::stats`] inspect it.
+//! * [`heap`]: the on-media format (geometry, chunk headers); [`classes`]: the size classes.
+//! * [`redo`]: the **lane redo log**: a word-granular, checksummed redo log per lane that makes
+//!   a set of 8-byte word updates atomic, with two drains per commit, and its recovery. Format
+//!   and crash argument: `docs/REDO.md`.
 //!
 //! ```
 //! use pmstore_alloc::redo::{RedoEntry, RedoLogs};
@@ -19,8 +26,14 @@
 //! # Ok::<(), pmstore_alloc::AllocError>(())
 //! ```
 
+mod allocator;
+pub mod classes;
 mod error;
+pub mod heap;
 pub mod redo;
+
+pub use allocator::{Heap, HeapStats};
+pub use heap::HeapCorruption;
 
 pub use error::{AllocError, CorruptReason, Result, TargetError};
 pub use pmstore_pool as pool;

@@ -1,0 +1,504 @@
+//! Integration tests of the allocator on real pools (forced-flush mode on /dev/shm).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use pmstore_alloc::classes::classes;
+use pmstore_alloc::heap::CHUNK;
+use pmstore_alloc::{AllocError, Heap};
+use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool, MIN_POOL_SIZE};
+
+const LAYOUT: &str = "heap-tests";
+
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let path = dir.path().join("heap.pool");
+    (dir, path)
+}
+
+fn create(path: &Path, size: u64) -> Pool {
+    Pool::create(
+        path,
+        &CreateOptions::new(LAYOUT, size).mode(ModeRequest::Flush),
+    )
+    .unwrap()
+}
+
+fn open(path: &Path) -> Pool {
+    Pool::open(path, &OpenOptions::new(LAYOUT).mode(ModeRequest::Flush)).unwrap()
+}
+
+fn read_word(pool: &Pool, off: u64) -> u64 {
+    let mut b = [0; 8];
+    // SAFETY: no thread writes the pool concurrently in these tests' reads.
+    unsafe { pool.read(off, &mut b) };
+    u64::from_le_bytes(b)
+}
+
+/// Root word `i` (the root area is 4 KiB: 512 words).
+fn root(pool: &Pool, i: u64) -> u64 {
+    assert!(i < 512);
+    pool.geometry().root_offset + 8 * i
+}
+
+/// Allocates into root word `slot`.
+fn alloc(heap: &Heap, pool: &Pool, size: u64, dest: u64) -> Result<u64, AllocError> {
+    // SAFETY: single-threaded use of `dest` (a root word) in these tests.
+    unsafe { heap.alloc(pool, size, dest) }
+}
+
+fn free(heap: &Heap, pool: &Pool, off: u64, dest: Option<u64>) -> Result<(), AllocError> {
+    // SAFETY: as above.
+    unsafe { heap.free(pool, off, dest) }
+}
+
+fn allocated(heap: &Heap, pool: &Pool) -> BTreeMap<u64, u64> {
+    let mut m = BTreeMap::new();
+    heap.for_each_allocated(pool, |o, s| assert!(m.insert(o, s).is_none()))
+        .unwrap();
+    m
+}
+
+fn pool_bytes(pool: &Pool) -> Vec<u8> {
+    let mut v = vec![0; pool.size() as usize];
+    // SAFETY: single-threaded test.
+    unsafe { pool.read(0, &mut v) };
+    v
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn random_size(rng: &mut Rng) -> u64 {
+    match rng.below(10) {
+        0..=5 => 1 + rng.below(256),
+        6..=7 => 1 + rng.below(4096),
+        8 => 1 + rng.below(CHUNK),
+        _ => 1 + rng.below(3 * CHUNK),
+    }
+}
+
+#[test]
+fn every_class_and_spans_round_trip() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let dest = root(&pool, 0);
+    let mut sizes: Vec<(u64, u64)> = classes().iter().map(|c| (c.size, c.size)).collect();
+    sizes.extend(classes().windows(2).map(|w| (w[0].size + 1, w[1].size)));
+    sizes.extend([(CHUNK + 1, 2 * CHUNK), (3 * CHUNK, 3 * CHUNK), (0, 16)]);
+    for (req, usable) in sizes {
+        let off = alloc(&heap, &pool, req, dest).unwrap();
+        assert_eq!(read_word(&pool, dest), off);
+        assert_eq!(heap.usable_size(&pool, off).unwrap(), usable, "size {req}");
+        if usable >= 64 {
+            assert_eq!(off % 64, 0, "size {req} at {off:#x}");
+        }
+        assert_eq!(allocated(&heap, &pool), BTreeMap::from([(off, usable)]));
+        // The block is writable over its whole usable size, outside the metadata.
+        assert!(off >= heap.geometry().data && off + usable <= heap.geometry().data_end());
+        // SAFETY: we own the block.
+        unsafe { pool.write(off, &vec![0xA5; usable as usize]) };
+        free(&heap, &pool, off, Some(dest)).unwrap();
+        assert_eq!(read_word(&pool, dest), 0);
+        assert!(matches!(
+            free(&heap, &pool, off, None),
+            Err(AllocError::InvalidFree { .. } | AllocError::DoubleFree { .. })
+        ));
+    }
+    let s = heap.stats(&pool).unwrap();
+    assert_eq!(s.bytes_allocated, 0);
+    assert_eq!(s.free_chunks, s.chunks, "every run was released");
+}
+
+/// Random alloc/free against a model: no overlap, `for_each_allocated` equals the model, and
+/// all of it survives a reopen.
+#[test]
+fn random_sequences_match_a_model_and_survive_reopen() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 32 << 20);
+    let mut model: BTreeMap<u64, u64> = BTreeMap::new(); // offset -> usable size
+    let mut slots = [0u64; 512];
+    {
+        let (heap, _) = Heap::open(&mut pool).unwrap();
+        let mut rng = Rng(7);
+        for _ in 0..6000 {
+            let i = rng.below(512);
+            let dest = root(&pool, i);
+            if slots[i as usize] == 0 {
+                let size = random_size(&mut rng);
+                match alloc(&heap, &pool, size, dest) {
+                    Ok(off) => {
+                        let usable = heap.usable_size(&pool, off).unwrap();
+                        assert!(usable >= size);
+                        if let Some((&o, &s)) = model.range(..off).next_back() {
+                            assert!(o + s <= off, "{off:#x} overlaps {o:#x}+{s}");
+                        }
+                        if let Some((&o, _)) = model.range(off..).next() {
+                            assert!(off + usable <= o, "{off:#x}+{usable} overlaps {o:#x}");
+                        }
+                        model.insert(off, usable);
+                        slots[i as usize] = off;
+                    }
+                    Err(AllocError::OutOfSpace { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            } else {
+                let off = slots[i as usize];
+                free(&heap, &pool, off, Some(dest)).unwrap();
+                model.remove(&off);
+                slots[i as usize] = 0;
+            }
+            assert_eq!(read_word(&pool, dest), slots[i as usize]);
+        }
+        assert_eq!(allocated(&heap, &pool), model);
+        let s = heap.stats(&pool).unwrap();
+        assert_eq!(s.bytes_allocated, model.values().sum::<u64>());
+    }
+    drop(pool);
+    let mut pool = open(&path);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    assert_eq!(
+        heap.stats(&pool).unwrap().chunks_scanned,
+        0,
+        "no scan at open"
+    );
+    for (i, &off) in slots.iter().enumerate() {
+        assert_eq!(read_word(&pool, root(&pool, i as u64)), off);
+    }
+    assert_eq!(allocated(&heap, &pool), model);
+    // Frees work after reopen; a second free is detected.
+    let mut live: Vec<(usize, u64)> = slots
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|s| s.1 != 0)
+        .collect();
+    let (i, off) = live.pop().unwrap();
+    assert_eq!(heap.usable_size(&pool, off).unwrap(), model[&off]);
+    free(&heap, &pool, off, Some(root(&pool, i as u64))).unwrap();
+    let again = free(&heap, &pool, off, None).unwrap_err();
+    assert!(
+        matches!(again, AllocError::DoubleFree { offset } | AllocError::InvalidFree { offset } if offset == off),
+        "{again}"
+    );
+    for (i, off) in live {
+        free(&heap, &pool, off, Some(root(&pool, i as u64))).unwrap();
+    }
+    assert!(allocated(&heap, &pool).is_empty());
+    assert_eq!(
+        heap.stats(&pool).unwrap().free_chunks,
+        u64::from(heap.geometry().chunks)
+    );
+}
+
+#[test]
+fn double_free_after_reopen_of_a_run_block() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, MIN_POOL_SIZE);
+    let (a, b);
+    {
+        let (heap, _) = Heap::open(&mut pool).unwrap();
+        a = alloc(&heap, &pool, 64, root(&pool, 0)).unwrap();
+        b = alloc(&heap, &pool, 64, root(&pool, 1)).unwrap();
+        free(&heap, &pool, a, Some(root(&pool, 0))).unwrap();
+    }
+    drop(pool);
+    let mut pool = open(&path);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    assert_eq!(read_word(&pool, root(&pool, 1)), b);
+    assert!(matches!(
+        free(&heap, &pool, a, None),
+        Err(AllocError::DoubleFree { offset }) if offset == a
+    ));
+    free(&heap, &pool, b, Some(root(&pool, 1))).unwrap();
+    assert!(matches!(
+        free(&heap, &pool, b, None),
+        Err(AllocError::InvalidFree { offset }) if offset == b
+    ));
+}
+
+/// Fills the heap with `size` objects until `OutOfSpace` (one scratch destination word);
+/// returns their offsets.
+fn fill(heap: &Heap, pool: &Pool, size: u64) -> Vec<u64> {
+    let dest = root(pool, 511);
+    let mut v = Vec::new();
+    loop {
+        match alloc(heap, pool, size, dest) {
+            Ok(off) => v.push(off),
+            Err(AllocError::OutOfSpace { size: s }) => {
+                assert_eq!(s, size);
+                return v;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn out_of_space_leaves_the_heap_usable() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, MIN_POOL_SIZE);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let n = u64::from(heap.geometry().chunks);
+    assert!(matches!(
+        alloc(&heap, &pool, n * CHUNK + 1, root(&pool, 0)),
+        Err(AllocError::TooLarge { .. })
+    ));
+    let objs = fill(&heap, &pool, 4096);
+    assert_eq!(objs.len() as u64, n * CHUNK / 4096);
+    let before = pool_bytes(&pool);
+    assert!(matches!(
+        alloc(&heap, &pool, 16, root(&pool, 0)),
+        Err(AllocError::OutOfSpace { size: 16 })
+    ));
+    assert!(matches!(
+        alloc(&heap, &pool, 2 * CHUNK, root(&pool, 0)),
+        Err(AllocError::OutOfSpace { .. })
+    ));
+    assert!(before == pool_bytes(&pool), "a failed alloc wrote nothing");
+    // A free needs no allocation; then the space is reusable.
+    free(&heap, &pool, objs[5], None).unwrap();
+    assert_eq!(alloc(&heap, &pool, 4096, root(&pool, 0)).unwrap(), objs[5]);
+    for &o in &objs {
+        free(&heap, &pool, o, None).unwrap();
+    }
+    let s = heap.stats(&pool).unwrap();
+    assert_eq!((s.bytes_allocated, s.free_chunks), (0, n));
+    let again = fill(&heap, &pool, 4096);
+    assert_eq!(again.len(), objs.len());
+}
+
+#[test]
+fn bad_frees_are_refused_and_change_nothing() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, MIN_POOL_SIZE);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let small = alloc(&heap, &pool, 64, root(&pool, 0)).unwrap();
+    let span = alloc(&heap, &pool, 2 * CHUNK, root(&pool, 1)).unwrap();
+    let g = *heap.geometry();
+    let before = pool_bytes(&pool);
+    let bad = [
+        small + 8,
+        small + 63,
+        span + 64,
+        span + CHUNK,
+        g.heap_offset,
+        g.heap_offset + 8,
+        g.bitmaps,
+        g.data - 8,
+        g.data_end(),
+        pool.size() - 8,
+        0,
+        g.chunk_offset(g.chunks - 1), // a free chunk
+        u64::MAX - 7,
+    ];
+    for off in bad {
+        let e = free(&heap, &pool, off, Some(root(&pool, 0))).unwrap_err();
+        assert!(
+            matches!(e, AllocError::InvalidFree { offset } if offset == off),
+            "{off:#x}: {e}"
+        );
+        assert!(heap.usable_size(&pool, off).is_err());
+    }
+    // A free block of a live run is a double free.
+    let e = free(&heap, &pool, small + 64, None).unwrap_err();
+    assert!(matches!(e, AllocError::DoubleFree { .. }), "{e}");
+    // A destination in the heap metadata is refused.
+    let e = free(&heap, &pool, small, Some(g.heap_offset)).unwrap_err();
+    assert!(matches!(e, AllocError::InvalidTarget { .. }), "{e}");
+    assert!(before == pool_bytes(&pool), "a refused free wrote nothing");
+    free(&heap, &pool, small, Some(root(&pool, 0))).unwrap();
+    free(&heap, &pool, span, Some(root(&pool, 1))).unwrap();
+}
+
+fn capacity(heap: &Heap) -> u64 {
+    u64::from(heap.geometry().chunks) * CHUNK
+}
+
+#[test]
+fn fragmentation_large_then_small_and_back() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let cap = capacity(&heap);
+    for (first, second) in [(64 << 10, 64), (64, 64 << 10)] {
+        let a = fill(&heap, &pool, first);
+        assert!(
+            a.len() as u64 * first * 10 >= cap * 9,
+            "{first}: {}",
+            a.len()
+        );
+        for o in a {
+            free(&heap, &pool, o, None).unwrap();
+        }
+        let b = fill(&heap, &pool, second);
+        let reached = b.len() as u64 * second;
+        assert!(
+            reached * 10 >= cap * 9,
+            "{first} then {second}: {reached} of {cap}"
+        );
+        for o in b {
+            free(&heap, &pool, o, None).unwrap();
+        }
+        assert_eq!(
+            heap.stats(&pool).unwrap().free_chunks,
+            u64::from(heap.geometry().chunks)
+        );
+    }
+}
+
+#[test]
+fn threads_alloc_and_free_concurrently() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 32 << 20);
+    const THREADS: u64 = 4;
+    const SLOTS: u64 = 128;
+    {
+        let (heap, _) = Heap::open(&mut pool).unwrap();
+        let (heap, pool) = (&heap, &pool);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                s.spawn(move || {
+                    let mut rng = Rng(100 + t);
+                    let mut mine = vec![0u64; SLOTS as usize];
+                    for _ in 0..3000 {
+                        let i = rng.below(SLOTS);
+                        let dest = root(pool, t * SLOTS + i);
+                        if mine[i as usize] == 0 {
+                            let size = if rng.below(20) == 0 {
+                                random_size(&mut rng)
+                            } else {
+                                1 + rng.below(512)
+                            };
+                            match alloc(heap, pool, size, dest) {
+                                Ok(off) => mine[i as usize] = off,
+                                Err(AllocError::OutOfSpace { .. }) => {}
+                                Err(e) => panic!("{e}"),
+                            }
+                        } else {
+                            free(heap, pool, mine[i as usize], Some(dest)).unwrap();
+                            mine[i as usize] = 0;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    drop(pool);
+    let mut pool = open(&path);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let live = allocated(&heap, &pool);
+    let mut refs = BTreeSet::new();
+    for i in 0..THREADS * SLOTS {
+        let w = read_word(&pool, root(&pool, i));
+        if w != 0 {
+            assert!(live.contains_key(&w), "slot {i} -> {w:#x} is not live");
+            assert!(refs.insert(w), "{w:#x} referenced twice");
+        }
+    }
+    assert_eq!(refs.len(), live.len(), "leaked blocks");
+    let mut end = 0;
+    for (&o, &s) in &live {
+        assert!(o >= end, "overlap at {o:#x}");
+        end = o + s;
+    }
+}
+
+/// Corrupt chunk headers and bitmaps on the media are typed errors (never panics), and the
+/// failing operation writes nothing.
+#[test]
+fn corrupt_metadata_is_reported_not_trusted() {
+    use pmstore_alloc::classes::class_for;
+    use pmstore_alloc::heap::{ChunkHeader, HeapCorruption};
+    let (_d, path) = scratch();
+    drop(create(&path, MIN_POOL_SIZE));
+    let c48 = class_for(48).unwrap();
+    /// (chunk headers to write, bitmap bits to set, alloc size, expected chunk, expected reason)
+    type Case = (Vec<(u32, u64)>, Vec<(u32, u64)>, u64, u32, HeapCorruption);
+    let cases: Vec<Case> = {
+        let n = 1000; // far past N
+        vec![
+            (vec![(0, 3)], vec![], 64, 0, HeapCorruption::BadKind(3)),
+            (
+                vec![(0, ChunkHeader::Span { len: n }.encode())],
+                vec![],
+                64,
+                0,
+                HeapCorruption::PastEnd { len: n },
+            ),
+            (
+                vec![
+                    (0, ChunkHeader::Span { len: 2 }.encode()),
+                    (1, ChunkHeader::Span { len: 1 }.encode()),
+                ],
+                vec![],
+                64,
+                1,
+                HeapCorruption::Covered { start: 0 },
+            ),
+            (
+                vec![(
+                    0,
+                    ChunkHeader::Run {
+                        class: c48.id,
+                        len: 1,
+                    }
+                    .encode(),
+                )],
+                // bit `blocks` (the first past the last block) set
+                vec![(0, u64::from(c48.blocks))],
+                48,
+                0,
+                HeapCorruption::BitmapPastBlocks {
+                    bit: c48.blocks,
+                    blocks: c48.blocks,
+                },
+            ),
+            (vec![], vec![(0, 7)], 64, 0, HeapCorruption::FreeBitmap),
+        ]
+    };
+    for (headers, bits, size, chunk, reason) in cases {
+        let mut pool = open(&path);
+        let (heap, _) = Heap::open(&mut pool).unwrap();
+        let g = *heap.geometry();
+        let snapshot = pool_bytes(&pool);
+        for &(i, w) in &headers {
+            // SAFETY: single-threaded test.
+            unsafe { pool.write(g.header_offset(i), &w.to_le_bytes()) };
+        }
+        for &(i, bit) in &bits {
+            let off = g.bitmap_offset(i) + bit / 64 * 8;
+            let w = read_word(&pool, off) | 1 << (bit % 64);
+            // SAFETY: as above.
+            unsafe { pool.write(off, &w.to_le_bytes()) };
+        }
+        let before = pool_bytes(&pool);
+        let e = alloc(&heap, &pool, size, root(&pool, 0)).unwrap_err();
+        assert!(
+            matches!(e, AllocError::CorruptHeap { chunk: c, reason: r } if c == chunk && r == reason),
+            "expected {reason:?} at {chunk}, got {e}"
+        );
+        assert!(before == pool_bytes(&pool), "{reason:?}: nothing written");
+        if reason != HeapCorruption::FreeBitmap {
+            // (the scan does not read free chunks' bitmaps: only opening a run there does)
+            assert!(heap.for_each_allocated(&pool, |_, _| {}).is_err());
+        }
+        // Restore the pool for the next case.
+        // SAFETY: as above.
+        unsafe { pool.write(0, &snapshot) };
+    }
+}
