@@ -650,3 +650,32 @@ fn kill_during_create_never_leaves_a_half_made_pool() {
     }
     eprintln!("kill during create, {kills} kills: {outcomes:?}");
 }
+
+/// Truncating a pool at any length (every byte of the header page, then every page boundary
+/// and a byte either side of each) gives a typed error, never a panic, and never an open pool.
+#[test]
+fn truncation_at_every_length_is_reported() {
+    let (_d, path) = scratch();
+    make_pool(&path);
+    let full = std::fs::read(&path).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let pages = (MIN_POOL_SIZE / 4096) as usize;
+    let lens =
+        (0..=4096usize).chain((1..pages).flat_map(|p| [p * 4096 - 1, p * 4096, p * 4096 + 1]));
+    let mut intact = full.len(); // bytes [0, intact) hold the pool's contents
+    for len in lens {
+        f.set_len(len as u64).unwrap();
+        if len > intact {
+            f.write_all_at(&full[intact..len], intact as u64).unwrap();
+        }
+        intact = len;
+        match Pool::open(&path, &rw_opts()) {
+            Err(PoolError::EmptyFile { .. }) => assert_eq!(len, 0),
+            Err(PoolError::Truncated { actual, .. }) => assert_eq!(actual, len as u64),
+            other => panic!("truncated to {len}: {other:?}"),
+        }
+    }
+    f.set_len(MIN_POOL_SIZE).unwrap();
+    f.write_all_at(&full[intact..], intact as u64).unwrap();
+    open_rw(&path).unwrap();
+}
