@@ -7,20 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use pmstore_pool::{FlushContext, Pool};
 
 use crate::classes::{self, SizeClass};
 use crate::heap::{ChunkHeader, HeapCorruption, HeapGeometry, CHUNK, SCAN_GROUP};
+use crate::primitive::{lock, Mutex, MutexGuard};
 use crate::redo::{LaneLog, RecoveryReport, RedoEntry, RedoLogs};
+use crate::volatile::{LanePool, RunBits};
 use crate::{AllocError, Result, TargetError};
-
-/// Locks `m`, ignoring poisoning: every critical section leaves its state consistent before
-/// anything that can panic (state is updated after a successful commit only).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Volatile state of one run.
 #[derive(Debug)]
@@ -32,10 +28,12 @@ struct Run {
 
 #[derive(Debug)]
 struct RunState {
-    /// The bitmap words (`ceil(blocks / 64)`), loaded on first use.
-    bits: Option<Vec<u64>>,
-    /// Blocks allocated (valid once `bits` is loaded).
-    used: u32,
+    /// The bitmap and the reservations, loaded on first use.
+    bits: Option<RunBits>,
+    /// The run's chunk header is on media. A run opened by `reserve` is volatile only until
+    /// the first publication of one of its blocks writes its header; if all its reservations
+    /// are cancelled first, its chunks return to the chunk allocator.
+    on_media: bool,
     /// The run was released to the chunk allocator (its header is 0 now).
     dead: bool,
     /// The run is in an arena's list or the chunk allocator's `unowned` list.
@@ -137,17 +135,154 @@ pub struct Heap {
     /// Address of the pool's mapping, to check that operations get the right pool.
     base: usize,
     logs: RedoLogs,
-    lanes: Mutex<Vec<Lane>>,
+    lanes: LanePool<Lane>,
+    core: Arc<Core>,
+}
+
+/// The volatile state shared with the outstanding [`Reservation`]s (which cancel themselves
+/// through it when dropped).
+#[derive(Debug)]
+struct Core {
     chunks: Mutex<Chunks>,
     /// Per arena, per class: runs to allocate from (the last one first).
     arenas: Vec<Mutex<Vec<Vec<Arc<Run>>>>>,
+}
+
+impl Core {
+    /// This thread's arena.
+    fn arena(&self) -> MutexGuard<'_, Vec<Vec<Arc<Run>>>> {
+        lock(&self.arenas[thread_index() % self.arenas.len()])
+    }
+
+    /// Returns a reservation's block or span to the free state (volatile only: nothing
+    /// persistent was written for it).
+    fn cancel(&self, kind: ResKind) {
+        match kind {
+            ResKind::Span { start, len } => lock(&self.chunks).add_free(start, len),
+            ResKind::Block { run, block } => {
+                let mut guard = lock(&run.state);
+                let st = &mut *guard;
+                let bits = st.bits.as_mut().expect("a reserved run is loaded");
+                bits.unreserve(block);
+                if !st.on_media && bits.reserved() == 0 {
+                    // A run opened by `reserve` whose blocks were all cancelled: nothing of it
+                    // is on media; give its chunks back.
+                    debug_assert_eq!(bits.used(), 0);
+                    st.dead = true;
+                    let mut ch = lock(&self.chunks);
+                    ch.objs.remove(&run.start);
+                    ch.add_free(run.start, run.class.run_chunks);
+                    return;
+                }
+                if !st.listed {
+                    st.listed = true;
+                    drop(guard);
+                    let ci = usize::from(run.class.id);
+                    self.arena()[ci].push(run);
+                }
+            }
+        }
+    }
+}
+
+/// What a [`Reservation`] holds.
+#[derive(Debug)]
+enum ResKind {
+    /// Block `block` of `run`, reserved in its [`RunBits`].
+    Block { run: Arc<Run>, block: u32 },
+    /// Chunks `[start, start + len)`, taken from the chunk allocator's free extents.
+    Span { start: u32, len: u32 },
+}
+
+/// A block or span taken by [`Heap::reserve`] in the volatile state only: nothing persistent
+/// was written. [`Heap::publish`] makes it allocated (atomically with other updates);
+/// [`Heap::cancel`] or dropping it returns it to the free state. A crash before publication
+/// loses nothing: the heap on media never saw it.
+#[must_use = "a reservation is cancelled when dropped; publish it to allocate the block"]
+pub struct Reservation {
+    offset: u64,
+    size: u64,
+    core: Arc<Core>,
+    /// `None` once published (or cancelled).
+    kind: Option<ResKind>,
+}
+
+impl Reservation {
+    /// Pool offset of the reserved block or span (where its object will live).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its usable size (class size, or `len × CHUNK` for a span).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(kind) = self.kind.take() {
+            self.core.cancel(kind);
+        }
+    }
+}
+
+/// A lane taken from the heap's pool by [`Heap::lane`] for the duration of a transaction;
+/// returned to the pool when dropped. Publish through it with [`Heap::publish_with`]; its
+/// redo log and flush context are available through [`LaneGuard::parts`].
+pub struct LaneGuard<'a> {
+    heap: &'a Heap,
+    lane: Option<Lane>,
+}
+
+impl LaneGuard<'_> {
+    fn get(&mut self) -> &mut Lane {
+        self.lane.as_mut().expect("present until drop")
+    }
+
+    /// The lane's index.
+    pub fn index(&self) -> u32 {
+        self.lane.as_ref().expect("present until drop").log.lane()
+    }
+
+    /// The lane's redo log and flush context (e.g. for the transaction layer's own commits;
+    /// [`LaneLog::commit`]'s contract applies).
+    pub fn parts(&mut self) -> (&mut LaneLog, &mut FlushContext) {
+        let l = self.get();
+        (&mut l.log, &mut l.ctx)
+    }
+}
+
+impl std::fmt::Debug for LaneGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneGuard")
+            .field("lane", &self.index())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = self.lane.take() {
+            self.heap.lanes.put(l);
+        }
+    }
 }
 
 impl std::fmt::Debug for Heap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heap")
             .field("geometry", &self.geo)
-            .field("arenas", &self.arenas.len())
+            .field("arenas", &self.core.arenas.len())
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +292,27 @@ fn thread_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed));
     INDEX.with(|i| *i)
+}
+
+/// The items of one publication in one run.
+struct Group {
+    run: Arc<Run>,
+    /// Reserved blocks to publish.
+    publish: Vec<u32>,
+    /// Allocated blocks to free, and their offsets.
+    free: Vec<u32>,
+    free_offsets: Vec<u64>,
+}
+
+impl Group {
+    fn new(run: Arc<Run>) -> Group {
+        Group {
+            run,
+            publish: Vec::new(),
+            free: Vec::new(),
+            free_offsets: Vec::new(),
+        }
+    }
 }
 
 enum Acquired {
@@ -187,14 +343,16 @@ impl Heap {
             geo,
             base: pool.ptr_at(0, 1).as_ptr() as usize,
             logs,
-            lanes: Mutex::new(lanes),
-            chunks: Mutex::new(Chunks {
-                unowned: vec![Vec::new(); classes],
-                ..Chunks::default()
+            lanes: LanePool::new(lanes),
+            core: Arc::new(Core {
+                chunks: Mutex::new(Chunks {
+                    unowned: vec![Vec::new(); classes],
+                    ..Chunks::default()
+                }),
+                arenas: (0..arenas)
+                    .map(|_| Mutex::new(vec![Vec::new(); classes]))
+                    .collect(),
             }),
-            arenas: (0..arenas)
-                .map(|_| Mutex::new(vec![Vec::new(); classes]))
-                .collect(),
         };
         Ok((heap, report))
     }
@@ -270,7 +428,7 @@ impl Heap {
                         class: classes::class(class).expect("decoded"),
                         state: Mutex::new(RunState {
                             bits: None,
-                            used: 0,
+                            on_media: true,
                             dead: false,
                             listed: true,
                         }),
@@ -313,50 +471,68 @@ impl Heap {
                 ));
             }
         }
-        st.used = bits.iter().map(|w| w.count_ones()).sum();
-        st.bits = Some(bits);
+        st.bits = Some(RunBits::new(blocks, bits));
         Ok(())
     }
 
-    /// Commits `entries` through a lane of the pool.
+    /// Commits `entries` through `lane`, or through a lane taken from the pool for the call.
     ///
     /// # Safety
     /// As [`LaneLog::commit`]: the caller owns every target exclusively.
-    unsafe fn commit(&self, pool: &Pool, entries: &[RedoEntry]) -> Result<()> {
-        let mut lane = loop {
-            if let Some(l) = lock(&self.lanes).pop() {
-                break l;
-            }
-            std::thread::yield_now();
-        };
-        // SAFETY: forwarded from the caller; one RedoLogs per pool (the Heap's own).
-        let r = unsafe { lane.log.commit(pool, &mut lane.ctx, entries) };
-        lock(&self.lanes).push(lane);
+    unsafe fn commit(
+        &self,
+        pool: &Pool,
+        lane: Option<&mut Lane>,
+        entries: &[RedoEntry],
+    ) -> Result<()> {
+        if let Some(l) = lane {
+            // SAFETY: forwarded from the caller; one RedoLogs per pool (the Heap's own).
+            return unsafe { l.log.commit(pool, &mut l.ctx, entries) }.map(|_| ());
+        }
+        let mut l = self.lanes.take();
+        // SAFETY: as above.
+        let r = unsafe { l.log.commit(pool, &mut l.ctx, entries) };
+        self.lanes.put(l);
         r.map(|_| ())
     }
 
-    fn check_dest(&self, dest: u64) -> Result<()> {
+    fn check_dest(&self, index: usize, dest: u64) -> Result<()> {
+        let err = |reason| AllocError::InvalidTarget {
+            index,
+            target: dest,
+            reason,
+        };
         if self.geo.in_metadata(dest) {
-            return Err(AllocError::InvalidTarget {
-                index: 0,
-                target: dest,
-                reason: TargetError::InHeapMetadata,
-            });
+            return Err(err(TargetError::InHeapMetadata));
         }
-        self.logs
-            .layout()
-            .check_target(dest)
-            .map_err(|reason| AllocError::InvalidTarget {
-                index: 0,
-                target: dest,
-                reason,
-            })
+        self.logs.layout().check_target(dest).map_err(err)
+    }
+
+    /// Takes a lane from the heap's pool for the duration of a transaction (waiting, yielding,
+    /// while all are taken); it returns to the pool when the guard is dropped. Operations
+    /// without a guard ([`Heap::alloc`], [`Heap::free`], [`Heap::publish`]) take one for
+    /// themselves, so a thread holding every lane's guard must not call them (it would wait
+    /// forever); use [`Heap::publish_with`].
+    pub fn lane(&self) -> LaneGuard<'_> {
+        LaneGuard {
+            heap: self,
+            lane: Some(self.lanes.take()),
+        }
+    }
+
+    /// Like [`Heap::lane`], but `None` instead of waiting if every lane is taken.
+    pub fn try_lane(&self) -> Option<LaneGuard<'_>> {
+        Some(LaneGuard {
+            heap: self,
+            lane: Some(self.lanes.try_take()?),
+        })
     }
 
     /// Allocates a block of at least `size` bytes and stores its pool offset into the 8-byte
     /// word at pool offset `dest`, atomically (one redo log): after a crash, either the block
     /// is allocated and `dest` holds its offset, or neither. Returns the offset. Blocks of 64
     /// bytes or more are 64-byte aligned. The contents are uninitialised (whatever was there).
+    /// (It is [`Heap::reserve`] then [`Heap::publish`] of the reservation with `(dest, offset)`.)
     ///
     /// # Safety
     /// No other [`Heap`] or [`RedoLogs`] of the same pool is in use (one per open pool).
@@ -377,24 +553,53 @@ impl Heap {
     /// If `pool` is not the pool this heap was opened on.
     pub unsafe fn alloc(&self, pool: &Pool, size: u64, dest: u64) -> Result<u64> {
         self.check_pool(pool);
-        self.check_dest(dest)?;
+        self.check_dest(0, dest)?;
+        let r = self.reserve(pool, size)?;
+        let off = r.offset();
+        // SAFETY: forwarded from the caller (`dest` is its only extra word).
+        unsafe { self.publish_inner(pool, None, &mut vec![r], &[], &[(dest, off)]) }?;
+        Ok(off)
+    }
+
+    /// Reserves a block of at least `size` bytes (or a span) in the volatile state only:
+    /// nothing persistent is written, and no other `reserve`/`alloc` hands it out until the
+    /// reservation is cancelled. Publish it with [`Heap::publish`]; cancel it with
+    /// [`Heap::cancel`] or by dropping it. A crash before publication loses nothing (the media
+    /// never saw it). The block's contents are uninitialised; the caller may write them (the
+    /// block is its own) before publishing.
+    ///
+    /// # Errors
+    /// [`AllocError::TooLarge`], [`AllocError::OutOfSpace`], [`AllocError::CorruptHeap`].
+    ///
+    /// # Panics
+    /// If `pool` is not the pool this heap was opened on.
+    pub fn reserve(&self, pool: &Pool, size: u64) -> Result<Reservation> {
+        self.check_pool(pool);
         match classes::class_for(size) {
-            // SAFETY: forwarded.
-            Some(c) => unsafe { self.alloc_small(pool, c, size, dest) },
-            // SAFETY: forwarded.
-            None => unsafe { self.alloc_span(pool, size, dest) },
+            Some(c) => self.reserve_small(pool, c, size),
+            None => self.reserve_span(pool, size),
         }
     }
 
-    /// # Safety
-    /// As [`Heap::alloc`].
-    unsafe fn alloc_span(&self, pool: &Pool, size: u64, dest: u64) -> Result<u64> {
+    /// Returns a reservation to the free state (as dropping it does).
+    ///
+    /// # Panics
+    /// If `r` was made by another heap.
+    pub fn cancel(&self, r: Reservation) {
+        assert!(
+            Arc::ptr_eq(&r.core, &self.core),
+            "Reservation of another heap"
+        );
+        drop(r);
+    }
+
+    fn reserve_span(&self, pool: &Pool, size: u64) -> Result<Reservation> {
         let len = size.div_ceil(CHUNK);
         if len > u64::from(self.geo.chunks) {
             return Err(AllocError::TooLarge { size });
         }
         let len = len as u32;
-        let mut ch = lock(&self.chunks);
+        let mut ch = lock(&self.core.chunks);
         let start = loop {
             if let Some(s) = ch.take_free(len) {
                 break s;
@@ -404,35 +609,17 @@ impl Heap {
             }
             self.scan_group(pool, &mut ch)?;
         };
-        let off = self.geo.chunk_offset(start);
-        let entries = [
-            RedoEntry::new(
-                self.geo.header_offset(start),
-                ChunkHeader::Span { len }.encode(),
-            ),
-            RedoEntry::new(dest, off),
-        ];
-        // SAFETY: the header of a free chunk is owned by the chunk-allocator lock (held);
-        // `dest` by the caller.
-        if let Err(e) = unsafe { self.commit(pool, &entries) } {
-            ch.add_free(start, len);
-            return Err(e);
-        }
-        ch.objs.insert(start, Obj::Span { len });
-        Ok(off)
+        Ok(Reservation {
+            offset: self.geo.chunk_offset(start),
+            size: u64::from(len) * CHUNK,
+            core: Arc::clone(&self.core),
+            kind: Some(ResKind::Span { start, len }),
+        })
     }
 
-    /// # Safety
-    /// As [`Heap::alloc`].
-    unsafe fn alloc_small(
-        &self,
-        pool: &Pool,
-        c: &'static SizeClass,
-        size: u64,
-        dest: u64,
-    ) -> Result<u64> {
+    fn reserve_small(&self, pool: &Pool, c: &'static SizeClass, size: u64) -> Result<Reservation> {
         let ci = usize::from(c.id);
-        let mut arena = lock(&self.arenas[thread_index() % self.arenas.len()]);
+        let mut arena = self.core.arena();
         loop {
             if let Some(run) = arena[ci].last().cloned() {
                 let mut st = lock(&run.state);
@@ -442,31 +629,21 @@ impl Heap {
                     continue;
                 }
                 self.load_bits(pool, &run, &mut st)?;
-                if st.used == c.blocks {
+                let Some(block) = st.bits.as_mut().expect("loaded").reserve() else {
                     st.listed = false;
                     arena[ci].pop();
                     continue;
-                }
-                let bits = st.bits.as_mut().expect("loaded");
-                let w = bits.iter().position(|w| *w != u64::MAX).expect("not full");
-                let b = bits[w].trailing_ones();
-                let block = w as u32 * 64 + b;
-                debug_assert!(block < c.blocks);
-                let new = bits[w] | 1 << b;
-                let off = self.geo.chunk_offset(run.start) + u64::from(block) * c.size;
-                let entries = [
-                    RedoEntry::new(self.geo.bitmap_offset(run.start) + w as u64 * 8, new),
-                    RedoEntry::new(dest, off),
-                ];
-                // SAFETY: the run's bitmap words are owned by its lock (held); `dest` by the
-                // caller.
-                unsafe { self.commit(pool, &entries) }?;
-                bits[w] = new;
-                st.used += 1;
-                return Ok(off);
+                };
+                drop(st);
+                return Ok(Reservation {
+                    offset: self.geo.chunk_offset(run.start) + u64::from(block) * c.size,
+                    size: c.size,
+                    core: Arc::clone(&self.core),
+                    kind: Some(ResKind::Block { run, block }),
+                });
             }
             // No run with space in this arena: adopt a scanned run or open a new one.
-            let mut ch = lock(&self.chunks);
+            let mut ch = lock(&self.core.chunks);
             let acquired = loop {
                 if let Some(r) = ch.unowned[ci].pop() {
                     break Acquired::Existing(r);
@@ -490,40 +667,22 @@ impl Heap {
             // A new run: its bitmap slot must be zero (free chunk).
             let words = c.blocks.div_ceil(64) as usize;
             let mut raw = vec![0u8; words * 8];
-            // SAFETY: a free chunk's bitmap slot is written only under the chunk-allocator
-            // lock (held), by opening a run there.
+            // SAFETY: a free chunk's bitmap slot is written only by the publication of a run
+            // opened there, and these chunks are ours (just taken under the chunk-allocator
+            // lock, held).
             unsafe { pool.read(self.geo.bitmap_offset(start), &mut raw) };
             if raw.iter().any(|&b| b != 0) {
                 ch.add_free(start, c.run_chunks);
                 return Err(Self::corrupt(start, HeapCorruption::FreeBitmap));
             }
-            let off = self.geo.chunk_offset(start);
-            let entries = [
-                RedoEntry::new(
-                    self.geo.header_offset(start),
-                    ChunkHeader::Run {
-                        class: c.id,
-                        len: c.run_chunks,
-                    }
-                    .encode(),
-                ),
-                RedoEntry::new(self.geo.bitmap_offset(start), 1),
-                RedoEntry::new(dest, off),
-            ];
-            // SAFETY: the free chunks' header and bitmap are owned by the chunk-allocator lock
-            // (held); `dest` by the caller.
-            if let Err(e) = unsafe { self.commit(pool, &entries) } {
-                ch.add_free(start, c.run_chunks);
-                return Err(e);
-            }
-            let mut bits = vec![0u64; words];
-            bits[0] = 1;
+            // Volatile only: its header is written by the first publication of one of its
+            // blocks (`on_media`).
             let run = Arc::new(Run {
                 start,
                 class: c,
                 state: Mutex::new(RunState {
-                    bits: Some(bits),
-                    used: 1,
+                    bits: Some(RunBits::empty(c.blocks)),
+                    on_media: false,
                     dead: false,
                     listed: true,
                 }),
@@ -531,8 +690,268 @@ impl Heap {
             ch.objs.insert(start, Obj::Run(Arc::clone(&run)));
             drop(ch);
             arena[ci].push(run);
-            return Ok(off);
         }
+    }
+
+    /// Publishes `reservations` and frees the blocks or spans at `frees`, and stores every
+    /// `(target, value)` of `words`, all in ONE redo log commit: after a crash, either all of
+    /// it happened or none. Bitmap words touched by several items are written once with their
+    /// final value. Takes a lane for the call (see [`Heap::publish_with`]).
+    ///
+    /// On success `reservations` is emptied (the blocks are allocated). On error nothing was
+    /// written, the volatile state is unchanged and `reservations` is left as it was (still
+    /// reserved: publish again, or cancel them).
+    ///
+    /// # Safety
+    /// No other [`Heap`] or [`RedoLogs`] of the same pool is in use (one per open pool).
+    /// Every `target` of `words` is a word the caller owns exclusively for the call (no other
+    /// thread accesses it, no reference to it is live), outside the heap metadata (checked),
+    /// and not inside a block another thread may free meanwhile; no other thread uses the
+    /// blocks being freed. The rule of [`Heap::alloc`] applies to changing a target afterwards
+    /// by other means.
+    ///
+    /// # Errors
+    /// [`AllocError::InvalidTarget`] for a bad target (`index` = its index in `words`);
+    /// [`AllocError::InvalidFree`] / [`AllocError::DoubleFree`] as [`Heap::free`] (also for an
+    /// offset given twice); [`AllocError::LogFull`] if the commit needs more than
+    /// [`crate::redo::REDO_CAPACITY`] entries; [`AllocError::CorruptHeap`]; the redo log's
+    /// errors. In every error case nothing was written.
+    ///
+    /// # Panics
+    /// If `pool` is not the pool this heap was opened on, or a reservation was made by another
+    /// heap.
+    pub unsafe fn publish(
+        &self,
+        pool: &Pool,
+        reservations: &mut Vec<Reservation>,
+        frees: &[u64],
+        words: &[(u64, u64)],
+    ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe { self.publish_inner(pool, None, reservations, frees, words) }
+    }
+
+    /// [`Heap::publish`] through a lane taken with [`Heap::lane`].
+    ///
+    /// # Safety
+    /// As [`Heap::publish`].
+    ///
+    /// # Errors
+    /// As [`Heap::publish`].
+    ///
+    /// # Panics
+    /// As [`Heap::publish`], and if `lane` is another heap's.
+    pub unsafe fn publish_with(
+        &self,
+        lane: &mut LaneGuard<'_>,
+        pool: &Pool,
+        reservations: &mut Vec<Reservation>,
+        frees: &[u64],
+        words: &[(u64, u64)],
+    ) -> Result<()> {
+        assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
+        // SAFETY: forwarded.
+        unsafe { self.publish_inner(pool, Some(lane.get()), reservations, frees, words) }
+    }
+
+    /// # Safety
+    /// As [`Heap::publish`].
+    unsafe fn publish_inner(
+        &self,
+        pool: &Pool,
+        lane: Option<&mut Lane>,
+        reservations: &mut Vec<Reservation>,
+        frees: &[u64],
+        words: &[(u64, u64)],
+    ) -> Result<()> {
+        self.check_pool(pool);
+        for r in reservations.iter() {
+            assert!(
+                Arc::ptr_eq(&r.core, &self.core),
+                "Reservation of another heap"
+            );
+        }
+        for (i, &(t, _)) in words.iter().enumerate() {
+            self.check_dest(i, t)?;
+        }
+        if frees.len() > 1 {
+            let mut sorted = frees.to_vec();
+            sorted.sort_unstable();
+            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                return Err(AllocError::DoubleFree { offset: w[0] });
+            }
+        }
+
+        // Resolve the frees (scanning as needed), then group everything by run.
+        // Usually one group: a small vector with a linear search beats a map.
+        let mut groups: Vec<Group> = Vec::with_capacity(reservations.len() + frees.len());
+        fn group_of(groups: &mut Vec<Group>, run: &Arc<Run>) -> usize {
+            match groups.iter().position(|g| g.run.start == run.start) {
+                Some(i) => i,
+                None => {
+                    groups.push(Group::new(Arc::clone(run)));
+                    groups.len() - 1
+                }
+            }
+        }
+        let mut span_frees = Vec::new();
+        {
+            let mut ch = lock(&self.core.chunks);
+            for &offset in frees {
+                let invalid = AllocError::InvalidFree { offset };
+                let Some(chunk) = self.geo.chunk_of(offset) else {
+                    return Err(invalid);
+                };
+                match self.lookup(pool, &mut ch, chunk)? {
+                    Some((start, Obj::Span { len })) if offset == self.geo.chunk_offset(start) => {
+                        span_frees.push((start, len, offset));
+                    }
+                    Some((start, Obj::Run(run))) => {
+                        let c = run.class;
+                        let rel = offset - self.geo.chunk_offset(start);
+                        if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
+                            return Err(invalid);
+                        }
+                        let i = group_of(&mut groups, &run);
+                        let g = &mut groups[i];
+                        g.free.push((rel / c.size) as u32);
+                        g.free_offsets.push(offset);
+                    }
+                    _ => return Err(invalid),
+                }
+            }
+        }
+        let mut span_res = Vec::new();
+        for r in reservations.iter() {
+            match r.kind.as_ref().expect("unpublished") {
+                ResKind::Block { run, block } => {
+                    let i = group_of(&mut groups, run);
+                    groups[i].publish.push(*block)
+                }
+                &ResKind::Span { start, len } => span_res.push((start, len)),
+            }
+        }
+
+        // Lock the runs in chunk order (the global order between run locks), validate the
+        // frees, and build the entries.
+        groups.sort_unstable_by_key(|g| g.run.start);
+        let mut guards: Vec<MutexGuard<'_, RunState>> =
+            groups.iter().map(|g| lock(&g.run.state)).collect();
+        let mut entries = Vec::with_capacity(2 * groups.len() + span_res.len() + words.len() + 2);
+        let mut release = vec![false; groups.len()];
+        for (i, (g, st)) in groups.iter().zip(guards.iter_mut()).enumerate() {
+            if st.dead {
+                debug_assert!(
+                    g.publish.is_empty(),
+                    "a run with reservations is not released"
+                );
+                return Err(AllocError::InvalidFree {
+                    offset: g.free_offsets[0],
+                });
+            }
+            self.load_bits(pool, &g.run, st)?;
+            let bits = st.bits.as_ref().expect("loaded");
+            for (&b, &offset) in g.free.iter().zip(&g.free_offsets) {
+                if !bits.is_allocated(b) {
+                    return Err(AllocError::DoubleFree { offset });
+                }
+            }
+            let start = g.run.start;
+            if !st.on_media && !g.publish.is_empty() {
+                let header = ChunkHeader::Run {
+                    class: g.run.class.id,
+                    len: g.run.class.run_chunks,
+                };
+                entries.push(RedoEntry::new(
+                    self.geo.header_offset(start),
+                    header.encode(),
+                ));
+            }
+            for (w, v) in bits.publish_words(&g.publish, &g.free) {
+                entries.push(RedoEntry::new(
+                    self.geo.bitmap_offset(start) + w as u64 * 8,
+                    v,
+                ));
+            }
+            let used_after = bits.used() as usize + g.publish.len() - g.free.len();
+            let reserved_after = bits.reserved() as usize - g.publish.len();
+            if st.on_media && used_after == 0 && reserved_after == 0 {
+                // The run becomes empty: release its chunks in the same log.
+                release[i] = true;
+                entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
+            }
+        }
+        for &(start, len) in &span_res {
+            entries.push(RedoEntry::new(
+                self.geo.header_offset(start),
+                ChunkHeader::Span { len }.encode(),
+            ));
+        }
+        for &(start, _, _) in &span_frees {
+            entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
+        }
+        entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
+
+        let mut ch = if release.contains(&true) || !span_frees.is_empty() || !span_res.is_empty() {
+            let ch = lock(&self.core.chunks);
+            for &(start, len, offset) in &span_frees {
+                // Another thread may have freed it since the lookup.
+                if !matches!(ch.objs.get(&start), Some(Obj::Span { len: l }) if *l == len) {
+                    return Err(AllocError::InvalidFree { offset });
+                }
+            }
+            Some(ch)
+        } else {
+            None
+        };
+
+        // SAFETY: the runs' headers and bitmap words are owned by their locks (held, a new
+        // run's header too); the headers of reserved spans by their reservations (taken from
+        // the free extents); those of freed spans and released runs by the chunk-allocator
+        // lock (held); the extra words by the caller.
+        unsafe { self.commit(pool, lane, &entries) }?;
+
+        // Committed: update the volatile state.
+        let mut relist = Vec::new();
+        for ((g, st), released) in groups.iter().zip(guards.iter_mut()).zip(release) {
+            let bits = st.bits.as_mut().expect("loaded");
+            bits.apply_publish(&g.publish, &g.free);
+            let full = bits.is_full();
+            if !g.publish.is_empty() {
+                st.on_media = true;
+            }
+            if released {
+                st.dead = true;
+                let ch = ch.as_mut().expect("locked for releases");
+                ch.objs.remove(&g.run.start);
+                ch.add_free(g.run.start, g.run.class.run_chunks);
+            } else if !st.listed && !full {
+                st.listed = true;
+                relist.push(Arc::clone(&g.run));
+            }
+        }
+        if let Some(ch) = ch.as_mut() {
+            for &(start, len) in &span_res {
+                ch.objs.insert(start, Obj::Span { len });
+            }
+            for &(start, len, _) in &span_frees {
+                ch.objs.remove(&start);
+                ch.add_free(start, len);
+            }
+        }
+        for r in reservations.iter_mut() {
+            r.kind = None;
+        }
+        drop(ch);
+        drop(guards);
+        reservations.clear();
+        if !relist.is_empty() {
+            let mut arena = self.core.arena();
+            for run in relist {
+                arena[usize::from(run.class.id)].push(run);
+            }
+        }
+        Ok(())
     }
 
     /// Finds the run or span holding chunk `chunk`, scanning up to it if needed.
@@ -550,7 +969,7 @@ impl Heap {
 
     /// Frees the block or span starting at pool offset `offset` and, if `dest` is given, stores
     /// 0 into the word at `dest`, atomically (one redo log). Needs no allocation, so it works
-    /// on a full heap. A bad free changes nothing.
+    /// on a full heap. A bad free changes nothing. (It is [`Heap::publish`] of one free.)
     ///
     /// # Safety
     /// No other [`Heap`] or [`RedoLogs`] of the same pool is in use (one per open pool).
@@ -568,81 +987,9 @@ impl Heap {
     /// # Panics
     /// If `pool` is not the pool this heap was opened on.
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
-        self.check_pool(pool);
-        if let Some(d) = dest {
-            self.check_dest(d)?;
-        }
-        let invalid = AllocError::InvalidFree { offset };
-        let Some(chunk) = self.geo.chunk_of(offset) else {
-            return Err(invalid);
-        };
-        let mut ch = lock(&self.chunks);
-        let Some((start, obj)) = self.lookup(pool, &mut ch, chunk)? else {
-            return Err(invalid);
-        };
-        let run = match obj {
-            Obj::Span { len } => {
-                if offset != self.geo.chunk_offset(start) {
-                    return Err(invalid);
-                }
-                let mut entries = vec![RedoEntry::new(self.geo.header_offset(start), 0)];
-                entries.extend(dest.map(|d| RedoEntry::new(d, 0)));
-                // SAFETY: span headers are owned by the chunk-allocator lock (held); `dest` by
-                // the caller.
-                unsafe { self.commit(pool, &entries) }?;
-                ch.objs.remove(&start);
-                ch.add_free(start, len);
-                return Ok(());
-            }
-            Obj::Run(run) => run,
-        };
-        drop(ch);
-        let c = run.class;
-        let rel = offset - self.geo.chunk_offset(start);
-        if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-            return Err(invalid);
-        }
-        let block = (rel / c.size) as u32;
-        let mut st = lock(&run.state);
-        if st.dead {
-            return Err(invalid);
-        }
-        self.load_bits(pool, &run, &mut st)?;
-        let (w, b) = ((block / 64) as usize, block % 64);
-        let old = st.bits.as_ref().expect("loaded")[w];
-        if old & 1 << b == 0 {
-            return Err(AllocError::DoubleFree { offset });
-        }
-        let new = old & !(1 << b);
-        let mut entries = vec![RedoEntry::new(
-            self.geo.bitmap_offset(start) + w as u64 * 8,
-            new,
-        )];
-        entries.extend(dest.map(|d| RedoEntry::new(d, 0)));
-        if st.used == 1 {
-            // The run becomes empty: release its chunks in the same log.
-            let mut ch = lock(&self.chunks);
-            entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
-            // SAFETY: the run's header and bitmap are owned by its lock (held), and the chunk
-            // allocator's lock is held too; `dest` by the caller.
-            unsafe { self.commit(pool, &entries) }?;
-            st.bits.as_mut().expect("loaded")[w] = new;
-            st.used = 0;
-            st.dead = true;
-            ch.objs.remove(&start);
-            ch.add_free(start, c.run_chunks);
-            return Ok(());
-        }
-        // SAFETY: the run's bitmap is owned by its lock (held); `dest` by the caller.
-        unsafe { self.commit(pool, &entries) }?;
-        st.bits.as_mut().expect("loaded")[w] = new;
-        st.used -= 1;
-        if !st.listed {
-            st.listed = true;
-            drop(st);
-            lock(&self.arenas[thread_index() % self.arenas.len()])[usize::from(c.id)].push(run);
-        }
-        Ok(())
+        let words: Vec<(u64, u64)> = dest.map(|d| (d, 0)).into_iter().collect();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.publish_inner(pool, None, &mut Vec::new(), &[offset], &words) }
     }
 
     /// The usable size of the live block or span starting at `offset` (its class size, or
@@ -658,7 +1005,7 @@ impl Heap {
             .geo
             .chunk_of(offset)
             .ok_or(AllocError::InvalidFree { offset })?;
-        let found = self.lookup(pool, &mut lock(&self.chunks), chunk)?;
+        let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk)?;
         match found {
             Some((s, Obj::Span { len })) if offset == self.geo.chunk_offset(s) => {
                 Ok(u64::from(len) * CHUNK)
@@ -672,9 +1019,7 @@ impl Heap {
                 let mut st = lock(&run.state);
                 self.load_bits(pool, &run, &mut st)?;
                 let block = rel / c.size;
-                let live = !st.dead
-                    && st.bits.as_ref().expect("loaded")[(block / 64) as usize] >> (block % 64) & 1
-                        == 1;
+                let live = !st.dead && st.bits.as_ref().expect("loaded").is_allocated(block as u32);
                 if live {
                     Ok(c.size)
                 } else {
@@ -686,7 +1031,7 @@ impl Heap {
     }
 
     fn snapshot(&self, pool: &Pool, full: bool) -> Result<(Vec<(u32, Obj)>, Chunks)> {
-        let mut ch = lock(&self.chunks);
+        let mut ch = lock(&self.core.chunks);
         while full && ch.frontier < self.geo.chunks {
             self.scan_group(pool, &mut ch)?;
         }
@@ -719,7 +1064,7 @@ impl Heap {
                     }
                     self.load_bits(pool, &run, &mut st)?;
                     let base = self.geo.chunk_offset(s);
-                    for (w, &word) in st.bits.as_ref().expect("loaded").iter().enumerate() {
+                    for (w, &word) in st.bits.as_ref().expect("loaded").words().iter().enumerate() {
                         let mut m = word;
                         while m != 0 {
                             let b = m.trailing_zeros();
@@ -763,8 +1108,9 @@ impl Heap {
                         continue;
                     }
                     self.load_bits(pool, &run, &mut st)?;
-                    s.blocks_per_class[usize::from(run.class.id)] += u64::from(st.used);
-                    s.bytes_allocated += u64::from(st.used) * run.class.size;
+                    let used = st.bits.as_ref().expect("loaded").used();
+                    s.blocks_per_class[usize::from(run.class.id)] += u64::from(used);
+                    s.bytes_allocated += u64::from(used) * run.class.size;
                 }
             }
         }

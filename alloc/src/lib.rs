@@ -7,6 +7,12 @@
 //!   volatile state (the heap is scanned lazily); [`Heap::alloc`] and [`Heap::free`] are
 //!   atomic (one redo log each, which also stores the block's offset into, or clears, a
 //!   destination word); [`Heap::for_each_allocated`] and [`Heap::stats`] inspect it.
+//! * For the transaction layer: [`Heap::reserve`] takes a block in the volatile state only
+//!   (a [`Reservation`], cancelled by [`Heap::cancel`] or on drop); [`Heap::publish`] makes
+//!   a set of reservations, frees and extra word stores atomic in one redo commit;
+//!   [`Heap::lane`] checks a lane out ([`LaneGuard`]) for [`Heap::publish_with`].
+//! * [`volatile`]: the pool-free concurrent core (run bitmaps with reservations, the lane
+//!   pool), model-checked with loom (`tests/loom_core.rs`, `--cfg loom`).
 //! * [`heap`]: the on-media format (geometry, chunk headers); [`classes`]: the size classes.
 //! * [`redo`]: the **lane redo log**: a word-granular, checksummed redo log per lane that makes
 //!   a set of 8-byte word updates atomic, with two drains per commit, and its recovery. Format
@@ -30,9 +36,12 @@ mod allocator;
 pub mod classes;
 mod error;
 pub mod heap;
+#[doc(hidden)]
+pub mod primitive;
 pub mod redo;
+pub mod volatile;
 
-pub use allocator::{Heap, HeapStats};
+pub use allocator::{Heap, HeapStats, LaneGuard, Reservation};
 pub use heap::HeapCorruption;
 
 pub use error::{AllocError, CorruptReason, Result, TargetError};

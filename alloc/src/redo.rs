@@ -302,8 +302,6 @@ pub struct CommitStats {
     pub target_lines: usize,
     /// Header lines of other lanes with a pending invalidation, flushed before drain #1.
     pub pending_lines: usize,
-    /// Lines flushed by the invalidation (1).
-    pub invalidation_lines: usize,
     /// Drains (2).
     pub drains: usize,
 }
@@ -311,7 +309,7 @@ pub struct CommitStats {
 impl CommitStats {
     /// Total cache lines flushed.
     pub fn lines(&self) -> usize {
-        self.log_lines + self.target_lines + self.pending_lines + self.invalidation_lines
+        self.log_lines + self.target_lines + self.pending_lines
     }
 }
 
@@ -357,16 +355,16 @@ impl Shared {
     ) {
         covered.clear();
         for (w, word) in self.summary.iter().enumerate() {
-            let mut bits = word.load(Ordering::SeqCst);
+            let mut bits = word.load(Ordering::Acquire);
             while bits != 0 {
                 let lane = (w * 64) as u32 + bits.trailing_zeros();
                 bits &= bits - 1;
                 if Some(lane) == skip {
                     continue;
                 }
-                // Acquire (SeqCst): the owner's invalidation store happens-before its token
+                // Acquire: the owner's invalidation store happens-before its token
                 // store, so the line flushed below holds the zero or something later.
-                let token = self.pending[lane as usize].load(Ordering::SeqCst);
+                let token = self.pending[lane as usize].load(Ordering::Acquire);
                 if token != 0 {
                     pool.flush(ctx, self.layout.log_offset(lane), REDO_HEADER_SIZE);
                     covered.push((lane, token));
@@ -744,17 +742,21 @@ impl LaneLog {
         // 5. Drain #2: the values are durable; only now may the log be invalidated.
         pool.drain(ctx)?;
 
-        // 6. Invalidate, without a drain: the next drain that flushes this line makes it
-        // durable (ours at our next commit, or another lane's in its step 1).
+        // 6. Invalidate, without a flush or a drain: whoever needs the invalidation durable
+        // flushes this line itself before its own drain — every other lane's commit in its
+        // step 1 (the pending set), `sync_invalidations`, and our own next commit, whose
+        // header overwrites it. Not flushing here leaves no write-back in flight when we
+        // return, so the caller's next locked instruction (a mutex unlock, an `Arc` count)
+        // does not stall until it completes: ~170 ns per commit on this machine.
         // SAFETY: our lane's header word, as in step 2.
         unsafe { store_word(pool, off, 0) };
-        pool.flush(ctx, off, 8);
         let lane = self.lane as usize;
-        // SeqCst (Release): the zero store above happens-before any load that sees the token.
-        sh.pending[lane].store(seq, Ordering::SeqCst);
+        // Release: the zero store above happens-before any load that sees the token. (Not
+        // SeqCst: the protocol needs only release/acquire, docs/REDO.md §3.)
+        sh.pending[lane].store(seq, Ordering::Release);
         let bit = 1u64 << (lane % 64);
         if sh.summary[lane / 64].load(Ordering::Relaxed) & bit == 0 {
-            sh.summary[lane / 64].fetch_or(bit, Ordering::SeqCst);
+            sh.summary[lane / 64].fetch_or(bit, Ordering::AcqRel);
         }
 
         Ok(CommitStats {
@@ -763,7 +765,6 @@ impl LaneLog {
             log_lines: log_len.div_ceil(CACHE_LINE) as usize,
             target_lines: self.lines.len(),
             pending_lines: self.covered.len(),
-            invalidation_lines: 1,
             drains: 2,
         })
     }

@@ -116,3 +116,114 @@ fn every_crash_image_of_an_alloc_free_sequence_recovers_consistently() {
     // 7 commits of 2 drains each, plus the final state.
     assert!(t.0 >= 15, "only {} images", t.0);
 }
+
+/// The words and live blocks of a recovered image, after checking that freeing every live
+/// block leaves an empty, usable heap.
+fn recovered_state(img: &[u8], nwords: u64) -> Result<(Vec<u64>, BTreeMap<u64, u64>), String> {
+    let (mut pool, _) = Pool::open_simulated(img, &OpenOptions::new(LAYOUT)).unwrap();
+    let (heap, _) = Heap::open(&mut pool).map_err(|e| format!("recovery: {e}"))?;
+    let mut live = BTreeMap::new();
+    heap.for_each_allocated(&pool, |o, s| {
+        live.insert(o, s);
+    })
+    .map_err(|e| format!("scan: {e}"))?;
+    let words: Vec<u64> = (0..nwords)
+        .map(|i| read_word(&pool, dest(&pool, i)))
+        .collect();
+    for &o in live.keys() {
+        // SAFETY: single-threaded; no destination word.
+        unsafe { heap.free(&pool, o, None) }.map_err(|e| format!("free {o:#x}: {e}"))?;
+    }
+    let s = heap.stats(&pool).map_err(|e| e.to_string())?;
+    if s.bytes_allocated != 0 || s.free_chunks != s.chunks {
+        return Err(format!("not empty after freeing everything: {s:?}"));
+    }
+    Ok((words, live))
+}
+
+#[test]
+fn every_crash_image_of_a_publish_is_all_or_nothing() {
+    const N: u64 = 9;
+    let (mut pool, sim) =
+        Pool::create_simulated(&CreateOptions::new(LAYOUT, MIN_POOL_SIZE)).unwrap();
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let d: Vec<u64> = (0..N).map(|i| dest(&pool, i)).collect();
+    // SAFETY: single-threaded; root words are ours.
+    let (a, b, s, c) = unsafe {
+        (
+            heap.alloc(&pool, 64, d[0]).unwrap(),
+            heap.alloc(&pool, 64, d[1]).unwrap(), // same bitmap word as `a`
+            heap.alloc(&pool, CHUNK + 1, d[2]).unwrap(),
+            heap.alloc(&pool, 5000, d[3]).unwrap(), // alone in its run
+        )
+    };
+    let r1 = heap.reserve(&pool, 64).unwrap(); // same word as a and b
+    let r2 = heap.reserve(&pool, 64).unwrap();
+    let r3 = heap.reserve(&pool, 2 * CHUNK).unwrap(); // a span
+    let r4 = heap.reserve(&pool, 100_000).unwrap(); // opens a new run
+    let r5 = heap.reserve(&pool, 64).unwrap(); // never published
+    let unpublished = r5.offset();
+    let offs = [r1.offset(), r2.offset(), r3.offset(), r4.offset()];
+    let pre_words = vec![a, b, s, c, 0, 0, 0, 0, 0];
+    let post_words = vec![0, b, 0, 0, offs[0], offs[1], offs[2], offs[3], 12345];
+    let live_of = |w: &[u64]| -> Vec<u64> {
+        let mut v: Vec<u64> = w[..8].iter().copied().filter(|&x| x != 0).collect();
+        v.sort_unstable();
+        v
+    };
+    let (pre_live, post_live) = (live_of(&pre_words), live_of(&post_words));
+
+    let post_copy = post_words.clone();
+    let tally = Arc::new(Mutex::new((0usize, 0usize, 0usize, Vec::<String>::new())));
+    let hook = {
+        let tally = Arc::clone(&tally);
+        move |cp: &CrashPoint<'_>| {
+            for img in cp.images(12, 32, 0x9AB11C) {
+                let r = recovered_state(&img, N);
+                let mut t = tally.lock().unwrap();
+                t.0 += 1;
+                match r {
+                    Ok((w, live)) => {
+                        let live: Vec<u64> = live.into_keys().collect();
+                        if live.contains(&unpublished) {
+                            t.3.push(format!("drain {}: unpublished block live", cp.drain));
+                        } else if w == pre_words && live == pre_live {
+                            t.1 += 1;
+                        } else if w == post_words && live == post_live {
+                            t.2 += 1;
+                        } else {
+                            t.3.push(format!(
+                                "drain {}: neither before nor after: words {w:x?}, live {live:x?}",
+                                cp.drain
+                            ));
+                        }
+                    }
+                    Err(e) => t.3.push(format!("drain {}: {e}", cp.drain)),
+                }
+            }
+        }
+    };
+    sim.with_crash_point(|cp| hook(cp)); // the state before
+    sim.set_crash_hook(hook.clone());
+    let mut rs = vec![r1, r2, r3, r4];
+    let words: Vec<(u64, u64)> = d.iter().copied().zip(post_copy).collect();
+    // SAFETY: single-threaded; root words are ours.
+    unsafe { heap.publish(&pool, &mut rs, &[a, s, c], &words) }.unwrap();
+    sim.clear_crash_hook();
+    sim.with_crash_point(|cp| hook(cp)); // the state after
+    assert!(rs.is_empty());
+    drop(r5);
+    let t = tally.lock().unwrap();
+    println!(
+        "publish crash images checked: {} ({} before, {} after)",
+        t.0, t.1, t.2
+    );
+    assert!(
+        t.3.is_empty(),
+        "{} bad images: {:#?}",
+        t.3.len(),
+        &t.3[..t.3.len().min(5)]
+    );
+    // 2 drains of one commit, plus the states before and after; both outcomes seen.
+    assert!(t.0 >= 4 && t.1 > 0 && t.2 > 0, "images: {t:?}");
+}

@@ -1,0 +1,139 @@
+//! Loom models of the allocator's volatile concurrent core (no pool involved): the
+//! reserve / cancel / publish protocol on a run's [`RunBits`] under the run's lock, as
+//! `Heap::reserve`, `Heap::cancel` and `Heap::publish` use it, and the lane pool.
+//!
+//! `RUSTFLAGS="--cfg loom" cargo test -p pmstore-alloc --test loom_core --release`
+#![cfg(loom)]
+
+use std::collections::BTreeSet;
+
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+use pmstore_alloc::primitive::{lock, Mutex};
+use pmstore_alloc::volatile::{LanePool, RunBits};
+
+/// What one thread does with each block it reserves.
+#[derive(Clone, Copy)]
+enum Fate {
+    Publish,
+    Cancel,
+}
+
+/// Runs `plans` (one per thread) against one run of `blocks` blocks, of which `pre` are
+/// allocated, and checks that no block is handed out twice and none is lost.
+fn model_run(blocks: u32, pre: &'static [u32], plans: &'static [&'static [Fate]]) {
+    loom::model(move || {
+        let mut init = RunBits::empty(blocks);
+        for &b in pre {
+            let r = init.reserve().unwrap();
+            assert_eq!(r, b);
+            init.apply_publish(&[r], &[]);
+        }
+        let run = Arc::new(Mutex::new(init));
+        let handles: Vec<_> = plans
+            .iter()
+            .map(|&plan| {
+                let run = Arc::clone(&run);
+                thread::spawn(move || {
+                    // Blocks this thread published (the "media").
+                    let mut published = Vec::new();
+                    for fate in plan {
+                        // reserve: under the run lock, volatile only.
+                        let Some(b) = lock(&run).reserve() else {
+                            continue; // full: the heap would move to another run
+                        };
+                        match fate {
+                            Fate::Cancel => lock(&run).unreserve(b),
+                            Fate::Publish => {
+                                // publish: the word is computed under the lock, then
+                                // "committed" and applied before the lock is released.
+                                let mut st = lock(&run);
+                                let words = st.publish_words(&[b], &[]);
+                                assert_eq!(words.len(), 1);
+                                assert_eq!(words[0].1 >> (b % 64) & 1, 1);
+                                assert!(!st.is_allocated(b), "block {b} handed out twice");
+                                st.apply_publish(&[b], &[]);
+                                published.push(b);
+                            }
+                        }
+                    }
+                    published
+                })
+            })
+            .collect();
+        let published: Vec<u32> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let mut st = lock(&run);
+        let mut all: BTreeSet<u32> = pre.iter().copied().collect();
+        for &b in &published {
+            assert!(all.insert(b), "block {b} published twice");
+        }
+        assert_eq!(st.reserved(), 0, "a reservation leaked");
+        assert_eq!(st.used() as usize, all.len());
+        for &b in &all {
+            assert!(st.is_allocated(b));
+        }
+        // None lost: every other block can be reserved again.
+        let mut again = BTreeSet::new();
+        while let Some(b) = st.reserve() {
+            assert!(!all.contains(&b), "allocated block {b} reserved");
+            assert!(again.insert(b));
+        }
+        assert_eq!(all.len() + again.len(), blocks as usize);
+    });
+}
+
+#[test]
+fn reserve_cancel_publish_two_threads() {
+    model_run(
+        3,
+        &[0],
+        &[
+            &[Fate::Publish, Fate::Cancel],
+            &[Fate::Cancel, Fate::Publish],
+        ],
+    );
+}
+
+#[test]
+fn reserve_on_a_nearly_full_run_three_threads() {
+    // Two free blocks for three threads: one of them finds the run full (or not, if a
+    // cancel came first).
+    model_run(
+        4,
+        &[0, 1],
+        &[&[Fate::Publish], &[Fate::Cancel], &[Fate::Publish]],
+    );
+}
+
+#[test]
+fn lane_pool_hands_each_lane_to_one_thread_at_a_time() {
+    loom::model(|| {
+        let lanes = 1usize;
+        let in_use: Arc<Vec<AtomicBool>> =
+            Arc::new((0..lanes).map(|_| AtomicBool::new(false)).collect());
+        let pool = Arc::new(LanePool::new((0..lanes).collect::<Vec<usize>>()));
+        // Two threads contend for one lane (the second waits, yielding, in `take`).
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, in_use) = (Arc::clone(&pool), Arc::clone(&in_use));
+                thread::spawn(move || {
+                    let l = pool.take();
+                    assert!(
+                        !in_use[l].swap(true, Ordering::SeqCst),
+                        "lane {l} taken twice"
+                    );
+                    in_use[l].store(false, Ordering::SeqCst);
+                    pool.put(l);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(pool.available(), lanes, "a lane was lost");
+    });
+}
