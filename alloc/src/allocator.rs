@@ -273,7 +273,7 @@ impl std::fmt::Debug for LaneGuard<'_> {
 impl Drop for LaneGuard<'_> {
     fn drop(&mut self) {
         if let Some(l) = self.lane.take() {
-            self.heap.lanes.put(l);
+            self.heap.lanes.put_near(thread_index(), l);
         }
     }
 }
@@ -489,10 +489,10 @@ impl Heap {
             // SAFETY: forwarded from the caller; one RedoLogs per pool (the Heap's own).
             return unsafe { l.log.commit(pool, &mut l.ctx, entries) }.map(|_| ());
         }
-        let mut l = self.lanes.take();
+        let mut l = self.lanes.take_near(thread_index());
         // SAFETY: as above.
         let r = unsafe { l.log.commit(pool, &mut l.ctx, entries) };
-        self.lanes.put(l);
+        self.lanes.put_near(thread_index(), l);
         r.map(|_| ())
     }
 
@@ -516,7 +516,7 @@ impl Heap {
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
-            lane: Some(self.lanes.take()),
+            lane: Some(self.lanes.take_near(thread_index())),
         }
     }
 
@@ -524,7 +524,7 @@ impl Heap {
     pub fn try_lane(&self) -> Option<LaneGuard<'_>> {
         Some(LaneGuard {
             heap: self,
-            lane: Some(self.lanes.try_take()?),
+            lane: Some(self.lanes.try_take_near(thread_index())?),
         })
     }
 

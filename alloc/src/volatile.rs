@@ -6,6 +6,8 @@
 //!   under the run's lock;
 //! * [`LanePool`]: the pool of free lanes (a [`Mutex`]-guarded stack).
 
+use crossbeam_utils::CachePadded;
+
 use crate::primitive::{lock, yield_now, Mutex};
 
 /// A run's allocation bitmap (`bits`, equal to the media once loaded) and its reserved blocks
@@ -154,28 +156,55 @@ impl RunBits {
 }
 
 /// A pool of lanes (or anything exclusive): [`LanePool::take`] waits for one.
+///
+/// The items are spread over up to [`LANE_STRIPES`] stripes, each its own mutex on its own
+/// cache line; a thread takes from and returns to the stripe its `hint` names first, so
+/// threads with different hints do not bounce one mutex between cores (with one mutex, the
+/// lane pool took a fifth of the time of two threads allocating).
 #[derive(Debug)]
 pub struct LanePool<T> {
-    free: Mutex<Vec<T>>,
+    stripes: Box<[CachePadded<Mutex<Vec<T>>>]>,
 }
 
+/// Most stripes a [`LanePool`] has.
+pub const LANE_STRIPES: usize = 8;
+
 impl<T> LanePool<T> {
-    /// A pool holding `items`.
+    /// A pool holding `items`, dealt round-robin over the stripes.
     pub fn new(items: Vec<T>) -> LanePool<T> {
+        let n = items.len().clamp(1, LANE_STRIPES);
+        let mut stripes: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, item) in items.into_iter().enumerate() {
+            stripes[i % n].push(item);
+        }
         LanePool {
-            free: Mutex::new(items),
+            stripes: stripes
+                .into_iter()
+                .map(|v| CachePadded::new(Mutex::new(v)))
+                .collect(),
         }
     }
 
     /// Takes an item, or `None` if all are taken.
     pub fn try_take(&self) -> Option<T> {
-        lock(&self.free).pop()
+        self.try_take_near(0)
+    }
+
+    /// Takes an item, trying stripe `hint` first, or `None` if all are taken.
+    pub fn try_take_near(&self, hint: usize) -> Option<T> {
+        let n = self.stripes.len();
+        (0..n).find_map(|i| lock(&self.stripes[(hint + i) % n]).pop())
     }
 
     /// Takes an item, yielding until one is free.
     pub fn take(&self) -> T {
+        self.take_near(0)
+    }
+
+    /// Takes an item, trying stripe `hint` first, yielding until one is free.
+    pub fn take_near(&self, hint: usize) -> T {
         loop {
-            if let Some(l) = self.try_take() {
+            if let Some(l) = self.try_take_near(hint) {
                 return l;
             }
             yield_now();
@@ -184,11 +213,16 @@ impl<T> LanePool<T> {
 
     /// Returns an item.
     pub fn put(&self, item: T) {
-        lock(&self.free).push(item);
+        self.put_near(0, item);
+    }
+
+    /// Returns an item to stripe `hint`.
+    pub fn put_near(&self, hint: usize, item: T) {
+        lock(&self.stripes[hint % self.stripes.len()]).push(item);
     }
 
     /// Items currently free.
     pub fn available(&self) -> usize {
-        lock(&self.free).len()
+        self.stripes.iter().map(|s| lock(s).len()).sum()
     }
 }
