@@ -1,47 +1,14 @@
 //! Integration tests of the allocator on real pools (forced-flush mode on /dev/shm).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use pmstore_alloc::classes::classes;
 use pmstore_alloc::heap::CHUNK;
 use pmstore_alloc::{AllocError, Heap};
-use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool, MIN_POOL_SIZE};
+use pmstore_pool::{Pool, MIN_POOL_SIZE};
 
-const LAYOUT: &str = "heap-tests";
-
-fn scratch() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap();
-    let path = dir.path().join("heap.pool");
-    (dir, path)
-}
-
-fn create(path: &Path, size: u64) -> Pool {
-    Pool::create(
-        path,
-        &CreateOptions::new(LAYOUT, size).mode(ModeRequest::Flush),
-    )
-    .unwrap()
-}
-
-fn open(path: &Path) -> Pool {
-    Pool::open(path, &OpenOptions::new(LAYOUT).mode(ModeRequest::Flush)).unwrap()
-}
-
-fn read_word(pool: &Pool, off: u64) -> u64 {
-    let mut b = [0; 8];
-    // SAFETY: no thread writes the pool concurrently in these tests' reads.
-    unsafe { pool.read(off, &mut b) };
-    u64::from_le_bytes(b)
-}
-
-/// Root word `i` (the root area is 4 KiB: 512 words).
-fn root(pool: &Pool, i: u64) -> u64 {
-    assert!(i < 512);
-    pool.geometry().root_offset + 8 * i
-}
+mod common;
+use common::*;
 
 /// Allocates into root word `slot`.
 fn alloc(heap: &Heap, pool: &Pool, size: u64, dest: u64) -> Result<u64, AllocError> {
@@ -59,13 +26,6 @@ fn allocated(heap: &Heap, pool: &Pool) -> BTreeMap<u64, u64> {
     heap.for_each_allocated(pool, |o, s| assert!(m.insert(o, s).is_none()))
         .unwrap();
     m
-}
-
-fn pool_bytes(pool: &Pool) -> Vec<u8> {
-    let mut v = vec![0; pool.size() as usize];
-    // SAFETY: single-threaded test.
-    unsafe { pool.read(0, &mut v) };
-    v
 }
 
 struct Rng(u64);

@@ -2,53 +2,14 @@
 //! checkout (forced-flush pools on /dev/shm).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use pmstore_alloc::heap::CHUNK;
 use pmstore_alloc::redo::REDO_CAPACITY;
 use pmstore_alloc::{AllocError, Heap, Reservation};
-use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool, MIN_POOL_SIZE};
+use pmstore_pool::{Pool, MIN_POOL_SIZE};
 
-const LAYOUT: &str = "reserve-tests";
-
-fn scratch() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap();
-    let path = dir.path().join("heap.pool");
-    (dir, path)
-}
-
-fn create(path: &PathBuf) -> Pool {
-    Pool::create(
-        path,
-        &CreateOptions::new(LAYOUT, MIN_POOL_SIZE).mode(ModeRequest::Flush),
-    )
-    .unwrap()
-}
-
-fn reopen(path: &PathBuf) -> Pool {
-    Pool::open(path, &OpenOptions::new(LAYOUT).mode(ModeRequest::Flush)).unwrap()
-}
-
-fn read_word(pool: &Pool, off: u64) -> u64 {
-    let mut b = [0; 8];
-    // SAFETY: no thread writes the pool concurrently in these tests' reads.
-    unsafe { pool.read(off, &mut b) };
-    u64::from_le_bytes(b)
-}
-
-fn root(pool: &Pool, i: u64) -> u64 {
-    assert!(i < 512);
-    pool.geometry().root_offset + 8 * i
-}
-
-fn pool_bytes(pool: &Pool) -> Vec<u8> {
-    let mut v = vec![0; pool.size() as usize];
-    // SAFETY: single-threaded test.
-    unsafe { pool.read(0, &mut v) };
-    v
-}
+mod common;
+use common::*;
 
 fn allocated(heap: &Heap, pool: &Pool) -> Vec<u64> {
     let mut v = Vec::new();
@@ -70,7 +31,7 @@ fn publish(
 #[test]
 fn reserve_writes_nothing_and_cancel_returns_the_block() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     let before = pool_bytes(&pool);
     let small = heap.reserve(&pool, 64).unwrap();
@@ -100,7 +61,7 @@ fn reserve_writes_nothing_and_cancel_returns_the_block() {
 #[test]
 fn dropped_reservation_is_cancelled_and_never_allocated_after_reopen() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let off;
     {
         let (heap, _) = Heap::open(&mut pool).unwrap();
@@ -122,7 +83,7 @@ fn dropped_reservation_is_cancelled_and_never_allocated_after_reopen() {
         assert_eq!(allocated(&heap, &pool), vec![keep]);
     }
     drop(pool);
-    let mut pool = reopen(&path);
+    let mut pool = open(&path);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     assert_eq!(
         allocated(&heap, &pool),
@@ -134,7 +95,7 @@ fn dropped_reservation_is_cancelled_and_never_allocated_after_reopen() {
 #[test]
 fn publish_applies_reservations_frees_and_words_and_survives_reopen() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (post, freed);
     {
         let (heap, _) = Heap::open(&mut pool).unwrap();
@@ -174,7 +135,7 @@ fn publish_applies_reservations_frees_and_words_and_survives_reopen() {
         (post, freed) = (expect, [a, s]);
     }
     drop(pool);
-    let mut pool = reopen(&path);
+    let mut pool = open(&path);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     assert_eq!(allocated(&heap, &pool), post);
     for f in freed {
@@ -199,7 +160,7 @@ fn publish_applies_reservations_frees_and_words_and_survives_reopen() {
 #[test]
 fn two_reservations_in_one_bitmap_word_are_merged() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     // SAFETY: single-threaded; root word.
     let a = unsafe { heap.alloc(&pool, 16, root(&pool, 0)) }.unwrap();
@@ -220,7 +181,7 @@ fn two_reservations_in_one_bitmap_word_are_merged() {
 #[test]
 fn bad_frees_change_nothing_and_keep_reservations_usable() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     // SAFETY: single-threaded; root words.
     let (a, b) = unsafe {
@@ -278,7 +239,7 @@ fn bad_frees_change_nothing_and_keep_reservations_usable() {
 #[test]
 fn log_full_changes_nothing() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     let mut rs = vec![heap.reserve(&pool, 64).unwrap()];
     let off = rs[0].offset();
@@ -303,7 +264,7 @@ fn log_full_changes_nothing() {
 #[test]
 fn lanes_can_be_checked_out_and_published_through() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     let lanes = pool.geometry().lane_count as usize;
     let mut guards = Vec::new();
@@ -335,7 +296,7 @@ fn lanes_can_be_checked_out_and_published_through() {
 #[test]
 fn threads_reserve_publish_and_cancel_concurrently() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     let threads = 4u64;
     let per = 64u64;
@@ -385,7 +346,7 @@ fn threads_reserve_publish_and_cancel_concurrently() {
 #[test]
 fn a_reservation_dropped_on_another_thread_is_cancelled() {
     let (_d, path) = scratch();
-    let mut pool = create(&path);
+    let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     let r = heap.reserve(&pool, 64).unwrap();
     let off = r.offset();

@@ -1,0 +1,54 @@
+#![allow(dead_code)]
+//! Helpers shared by the allocator's integration tests: scratch pools on /dev/shm in
+//! forced-flush mode, word access, root words.
+
+use std::path::{Path, PathBuf};
+
+use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool};
+
+pub const LAYOUT: &str = "alloc-tests";
+
+/// A fresh directory on tmpfs (else the temp dir) and a pool path in it.
+pub fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let path = dir.path().join("heap.pool");
+    (dir, path)
+}
+
+/// Creates a pool of `size` bytes in forced-flush mode.
+pub fn create(path: &Path, size: u64) -> Pool {
+    Pool::create(
+        path,
+        &CreateOptions::new(LAYOUT, size).mode(ModeRequest::Flush),
+    )
+    .unwrap()
+}
+
+/// Reopens a pool made by [`create`].
+pub fn open(path: &Path) -> Pool {
+    Pool::open(path, &OpenOptions::new(LAYOUT).mode(ModeRequest::Flush)).unwrap()
+}
+
+/// Reads the 8-byte word at `off`.
+pub fn read_word(pool: &Pool, off: u64) -> u64 {
+    let mut b = [0; 8];
+    // SAFETY: no thread writes the pool concurrently in these tests' reads.
+    unsafe { pool.read(off, &mut b) };
+    u64::from_le_bytes(b)
+}
+
+/// Root word `i` (the root area is 4 KiB: 512 words).
+pub fn root(pool: &Pool, i: u64) -> u64 {
+    assert!(i < 512);
+    pool.geometry().root_offset + 8 * i
+}
+
+/// Every byte of the pool.
+pub fn pool_bytes(pool: &Pool) -> Vec<u8> {
+    let mut v = vec![0; pool.size() as usize];
+    // SAFETY: single-threaded test.
+    unsafe { pool.read(0, &mut v) };
+    v
+}
