@@ -52,3 +52,34 @@ pub fn pool_bytes(pool: &Pool) -> Vec<u8> {
     unsafe { pool.read(0, &mut v) };
     v
 }
+
+/// Root words, live blocks (offset → size), chunks still held after freeing everything.
+pub type Recovered = (Vec<u64>, std::collections::BTreeMap<u64, u64>, u64);
+
+/// Opens a crash image in the simulated domain, recovers it, and returns the first `nwords`
+/// root words, the live blocks (offset → size), and how many chunks are still not free after
+/// freeing every live block (chunks held by empty runs: `ALLOC.md` §8 documents when a run
+/// that became empty keeps its header).
+pub fn recovered_state(img: &[u8], nwords: u64) -> Result<Recovered, String> {
+    let (mut pool, _) = Pool::open_simulated(img, &OpenOptions::new(LAYOUT)).unwrap();
+    let (heap, _) = pmstore_alloc::Heap::open(&mut pool).map_err(|e| format!("recovery: {e}"))?;
+    let mut live = std::collections::BTreeMap::new();
+    heap.for_each_allocated(&pool, |o, s| {
+        live.insert(o, s);
+    })
+    .map_err(|e| format!("scan: {e}"))?;
+    let words: Vec<u64> = (0..nwords)
+        .map(|i| read_word(&pool, root(&pool, i)))
+        .collect();
+    for &o in live.keys() {
+        // SAFETY: single-threaded; no destination word.
+        unsafe { heap.free(&pool, o, None) }.map_err(|e| format!("free {o:#x}: {e}"))?;
+    }
+    let s = heap.stats(&pool).map_err(|e| e.to_string())?;
+    if s.bytes_allocated != 0 {
+        return Err(format!(
+            "bytes still allocated after freeing everything: {s:?}"
+        ));
+    }
+    Ok((words, live, s.chunks - s.free_chunks))
+}
