@@ -146,6 +146,10 @@ struct Core {
     chunks: Mutex<Chunks>,
     /// Per arena, per class: runs to allocate from (the last one first).
     arenas: Vec<Mutex<Vec<Vec<Arc<Run>>>>>,
+    /// Runs on media that a cancel left empty (a free emptied them while a reservation in them
+    /// was outstanding): the next publish first releases them (header := 0) in a commit of
+    /// their own, unless they were used again meanwhile.
+    release_queue: Mutex<Vec<Arc<Run>>>,
 }
 
 impl Core {
@@ -173,6 +177,9 @@ impl Core {
                     ch.objs.remove(&run.start);
                     ch.add_free(run.start, run.class.run_chunks);
                     return;
+                }
+                if st.on_media && bits.reserved() == 0 && bits.used() == 0 {
+                    lock(&self.release_queue).push(Arc::clone(&run));
                 }
                 if !st.listed {
                     st.listed = true;
@@ -352,6 +359,7 @@ impl Heap {
                 arenas: (0..arenas)
                     .map(|_| Mutex::new(vec![Vec::new(); classes]))
                     .collect(),
+                release_queue: Mutex::new(Vec::new()),
             }),
         };
         Ok((heap, report))
@@ -557,7 +565,7 @@ impl Heap {
         let r = self.reserve(pool, size)?;
         let off = r.offset();
         // SAFETY: forwarded from the caller (`dest` is its only extra word).
-        unsafe { self.publish_inner(pool, None, &mut vec![r], &[], &[(dest, off)]) }?;
+        unsafe { self.publish_inner(pool, None, &mut vec![r], &[], &[(dest, off)], Vec::new()) }?;
         Ok(off)
     }
 
@@ -728,7 +736,7 @@ impl Heap {
         words: &[(u64, u64)],
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.publish_inner(pool, None, reservations, frees, words) }
+        unsafe { self.publish_inner(pool, None, reservations, frees, words, Vec::new()) }
     }
 
     /// [`Heap::publish`] through a lane taken with [`Heap::lane`].
@@ -751,20 +759,42 @@ impl Heap {
     ) -> Result<()> {
         assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
         // SAFETY: forwarded.
-        unsafe { self.publish_inner(pool, Some(lane.get()), reservations, frees, words) }
+        unsafe {
+            self.publish_inner(
+                pool,
+                Some(lane.get()),
+                reservations,
+                frees,
+                words,
+                Vec::new(),
+            )
+        }
     }
 
     /// # Safety
     /// As [`Heap::publish`].
+    ///
+    /// `candidates`: empty runs to release if they are still empty (see `Core::release_queue`);
+    /// a call without candidates first releases the queued ones in a commit of their own.
     unsafe fn publish_inner(
         &self,
         pool: &Pool,
-        lane: Option<&mut Lane>,
+        mut lane: Option<&mut Lane>,
         reservations: &mut Vec<Reservation>,
         frees: &[u64],
         words: &[(u64, u64)],
+        candidates: Vec<Arc<Run>>,
     ) -> Result<()> {
         self.check_pool(pool);
+        if candidates.is_empty() {
+            let queued = std::mem::take(&mut *lock(&self.core.release_queue));
+            if !queued.is_empty() {
+                // SAFETY: this commit writes only run headers, under the runs' locks.
+                unsafe {
+                    self.publish_inner(pool, lane.as_deref_mut(), &mut Vec::new(), &[], &[], queued)
+                }?;
+            }
+        }
         for r in reservations.iter() {
             assert!(
                 Arc::ptr_eq(&r.core, &self.core),
@@ -832,6 +862,10 @@ impl Heap {
             }
         }
 
+        for run in &candidates {
+            group_of(&mut groups, run);
+        }
+
         // Lock the runs in chunk order (the global order between run locks), validate the
         // frees, and build the entries.
         groups.sort_unstable_by_key(|g| g.run.start);
@@ -841,6 +875,9 @@ impl Heap {
         let mut release = vec![false; groups.len()];
         for (i, (g, st)) in groups.iter().zip(guards.iter_mut()).enumerate() {
             if st.dead {
+                if g.publish.is_empty() && g.free.is_empty() {
+                    continue; // a release candidate released meanwhile
+                }
                 debug_assert!(
                     g.publish.is_empty(),
                     "a run with reservations is not released"
@@ -914,6 +951,9 @@ impl Heap {
         // Committed: update the volatile state.
         let mut relist = Vec::new();
         for ((g, st), released) in groups.iter().zip(guards.iter_mut()).zip(release) {
+            if st.dead {
+                continue; // a release candidate released before this publish
+            }
             let bits = st.bits.as_mut().expect("loaded");
             bits.apply_publish(&g.publish, &g.free);
             let full = bits.is_full();
@@ -989,7 +1029,7 @@ impl Heap {
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
         let words: Vec<(u64, u64)> = dest.map(|d| (d, 0)).into_iter().collect();
         // SAFETY: forwarded from the caller.
-        unsafe { self.publish_inner(pool, None, &mut Vec::new(), &[offset], &words) }
+        unsafe { self.publish_inner(pool, None, &mut Vec::new(), &[offset], &words, Vec::new()) }
     }
 
     /// The usable size of the live block or span starting at `offset` (its class size, or
