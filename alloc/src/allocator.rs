@@ -6,7 +6,7 @@
 //! The lane pool's lock is only held to take or return a lane.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pmstore_pool::{FlushContext, Pool};
@@ -150,6 +150,10 @@ struct Core {
     /// was outstanding): the next publish first releases them (header := 0) in a commit of
     /// their own, unless they were used again meanwhile.
     release_queue: Mutex<Vec<Arc<Run>>>,
+    /// Whether `release_queue` may be non-empty: read on every publish, so that the common
+    /// path touches no shared lock (a stale `true` costs one lock; `false` is written only
+    /// under the lock, after emptying the queue).
+    release_pending: AtomicBool,
 }
 
 impl Core {
@@ -180,6 +184,7 @@ impl Core {
                 }
                 if st.on_media && bits.reserved() == 0 && bits.used() == 0 {
                     lock(&self.release_queue).push(Arc::clone(&run));
+                    self.release_pending.store(true, Ordering::Release);
                 }
                 if !st.listed {
                     st.listed = true;
@@ -360,6 +365,7 @@ impl Heap {
                     .map(|_| Mutex::new(vec![Vec::new(); classes]))
                     .collect(),
                 release_queue: Mutex::new(Vec::new()),
+                release_pending: AtomicBool::new(false),
             }),
         };
         Ok((heap, report))
@@ -786,8 +792,12 @@ impl Heap {
         candidates: Vec<Arc<Run>>,
     ) -> Result<()> {
         self.check_pool(pool);
-        if candidates.is_empty() {
-            let queued = std::mem::take(&mut *lock(&self.core.release_queue));
+        if candidates.is_empty() && self.core.release_pending.load(Ordering::Acquire) {
+            let queued = {
+                let mut q = lock(&self.core.release_queue);
+                self.core.release_pending.store(false, Ordering::Relaxed);
+                std::mem::take(&mut *q)
+            };
             if !queued.is_empty() {
                 // SAFETY: this commit writes only run headers, under the runs' locks.
                 unsafe {
