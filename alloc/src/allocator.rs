@@ -14,7 +14,7 @@ use pmstore_pool::{FlushContext, Pool};
 use crate::classes::{self, SizeClass};
 use crate::heap::{ChunkHeader, HeapCorruption, HeapGeometry, CHUNK, SCAN_GROUP};
 use crate::primitive::{lock, Mutex, MutexGuard};
-use crate::redo::{LaneLog, RecoveryReport, RedoEntry, RedoLogs};
+use crate::redo::{LaneLog, RecoveryReport, RedoEntry, RedoLogs, RedoRange};
 use crate::volatile::{LanePool, RunBits};
 use crate::{AllocError, Result, TargetError};
 
@@ -498,14 +498,15 @@ impl Heap {
         pool: &Pool,
         lane: Option<&mut Lane>,
         entries: &[RedoEntry],
+        ranges: &[RedoRange<'_>],
     ) -> Result<()> {
         if let Some(l) = lane {
             // SAFETY: forwarded from the caller; one RedoLogs per pool (the Heap's own).
-            return unsafe { l.log.commit(pool, &mut l.ctx, entries) }.map(|_| ());
+            return unsafe { l.log.commit_ops(pool, &mut l.ctx, entries, ranges) }.map(|_| ());
         }
         let mut l = self.lanes.take_near(thread_index());
         // SAFETY: as above.
-        let r = unsafe { l.log.commit(pool, &mut l.ctx, entries) };
+        let r = unsafe { l.log.commit_ops(pool, &mut l.ctx, entries, ranges) };
         self.lanes.put_near(thread_index(), l);
         r.map(|_| ())
     }
@@ -520,6 +521,22 @@ impl Heap {
             return Err(err(TargetError::InHeapMetadata));
         }
         self.logs.layout().check_target(dest).map_err(err)
+    }
+
+    /// Checks a range a publication stores: as [`RedoLayout::check_range`], and disjoint from
+    /// the heap metadata.
+    fn check_range(&self, index: usize, target: u64, len: u64) -> Result<()> {
+        let err = |reason| AllocError::InvalidTarget {
+            index,
+            target,
+            reason,
+        };
+        self.logs.layout().check_range(target, len).map_err(err)?;
+        let meta_end = self.geo.chunk_offset(0);
+        if target < meta_end && target + len > self.geo.heap_offset {
+            return Err(err(TargetError::InHeapMetadata));
+        }
+        Ok(())
     }
 
     /// Takes a lane from the heap's pool for the duration of a transaction (waiting, yielding,
@@ -571,7 +588,17 @@ impl Heap {
         let r = self.reserve(pool, size)?;
         let off = r.offset();
         // SAFETY: forwarded from the caller (`dest` is its only extra word).
-        unsafe { self.publish_inner(pool, None, &mut vec![r], &[], &[(dest, off)], Vec::new()) }?;
+        unsafe {
+            self.publish_inner(
+                pool,
+                None,
+                &mut vec![r],
+                &[],
+                &[(dest, off)],
+                &[],
+                Vec::new(),
+            )
+        }?;
         Ok(off)
     }
 
@@ -742,7 +769,7 @@ impl Heap {
         words: &[(u64, u64)],
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.publish_inner(pool, None, reservations, frees, words, Vec::new()) }
+        unsafe { self.publish_inner(pool, None, reservations, frees, words, &[], Vec::new()) }
     }
 
     /// [`Heap::publish`] through a lane taken with [`Heap::lane`].
@@ -763,6 +790,32 @@ impl Heap {
         frees: &[u64],
         words: &[(u64, u64)],
     ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe { self.publish_ranges_with(lane, pool, reservations, frees, words, &[]) }
+    }
+
+    /// [`Heap::publish_with`] that also copies every range of `ranges` in the same redo
+    /// commit (after the words): the transaction layer's commit. Ranges are checked like
+    /// words ([`crate::redo::RedoLayout::check_range`], and outside the heap metadata); `index` in an
+    /// [`AllocError::InvalidTarget`] counts `words`, then `ranges`.
+    ///
+    /// # Safety
+    /// As [`Heap::publish`], with every byte of every range owned like a target word.
+    ///
+    /// # Errors
+    /// As [`Heap::publish`].
+    ///
+    /// # Panics
+    /// As [`Heap::publish_with`].
+    pub unsafe fn publish_ranges_with(
+        &self,
+        lane: &mut LaneGuard<'_>,
+        pool: &Pool,
+        reservations: &mut Vec<Reservation>,
+        frees: &[u64],
+        words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
+    ) -> Result<()> {
         assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
         // SAFETY: forwarded.
         unsafe {
@@ -772,6 +825,7 @@ impl Heap {
                 reservations,
                 frees,
                 words,
+                ranges,
                 Vec::new(),
             )
         }
@@ -782,6 +836,7 @@ impl Heap {
     ///
     /// `candidates`: empty runs to release if they are still empty (see `Core::release_queue`);
     /// a call without candidates first releases the queued ones in a commit of their own.
+    #[allow(clippy::too_many_arguments)] // private: the one path every publication takes
     unsafe fn publish_inner(
         &self,
         pool: &Pool,
@@ -789,6 +844,7 @@ impl Heap {
         reservations: &mut Vec<Reservation>,
         frees: &[u64],
         words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
         candidates: Vec<Arc<Run>>,
     ) -> Result<()> {
         self.check_pool(pool);
@@ -801,7 +857,15 @@ impl Heap {
             if !queued.is_empty() {
                 // SAFETY: this commit writes only run headers, under the runs' locks.
                 unsafe {
-                    self.publish_inner(pool, lane.as_deref_mut(), &mut Vec::new(), &[], &[], queued)
+                    self.publish_inner(
+                        pool,
+                        lane.as_deref_mut(),
+                        &mut Vec::new(),
+                        &[],
+                        &[],
+                        &[],
+                        queued,
+                    )
                 }?;
             }
         }
@@ -813,6 +877,9 @@ impl Heap {
         }
         for (i, &(t, _)) in words.iter().enumerate() {
             self.check_dest(i, t)?;
+        }
+        for (i, r) in ranges.iter().enumerate() {
+            self.check_range(words.len() + i, r.target, r.data.len() as u64)?;
         }
         if frees.len() > 1 {
             let mut sorted = frees.to_vec();
@@ -956,7 +1023,7 @@ impl Heap {
         // run's header too); the headers of reserved spans by their reservations (taken from
         // the free extents); those of freed spans and released runs by the chunk-allocator
         // lock (held); the extra words by the caller.
-        unsafe { self.commit(pool, lane, &entries) }?;
+        unsafe { self.commit(pool, lane, &entries, ranges) }?;
 
         // Committed: update the volatile state.
         let mut relist = Vec::new();
@@ -1039,7 +1106,17 @@ impl Heap {
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
         let words: Vec<(u64, u64)> = dest.map(|d| (d, 0)).into_iter().collect();
         // SAFETY: forwarded from the caller.
-        unsafe { self.publish_inner(pool, None, &mut Vec::new(), &[offset], &words, Vec::new()) }
+        unsafe {
+            self.publish_inner(
+                pool,
+                None,
+                &mut Vec::new(),
+                &[offset],
+                &words,
+                &[],
+                Vec::new(),
+            )
+        }
     }
 
     /// The usable size of the live block or span starting at `offset` (its class size, or

@@ -12,16 +12,16 @@ pub enum AllocError {
     /// An error of the pool layer (I/O, msync failure, poisoned pool, ...).
     #[error(transparent)]
     Pool(#[from] PoolError),
-    /// A redo log was asked to hold more entries than fit in its region. Nothing was written.
-    #[error("redo log full: {needed} entries requested, capacity is {capacity}")]
+    /// A redo log was asked to hold more than fits in its region. Nothing was written.
+    #[error("redo log full: {needed} slots of 16 bytes requested, capacity is {capacity}")]
     LogFull {
-        /// Entries requested.
+        /// Slots requested (one per word entry; one plus the data's 16-byte slots per range).
         needed: usize,
-        /// Entries a lane's redo log holds ([`crate::redo::REDO_CAPACITY`]).
+        /// Slots a lane's redo log holds ([`crate::redo::RedoLayout::capacity`]).
         capacity: usize,
     },
-    /// A redo entry passed to `commit` names a word that redo logs may not modify. Nothing was
-    /// written.
+    /// A redo entry passed to `commit` names a word (or range) that redo logs may not modify.
+    /// Nothing was written. (`index` counts word entries first, then ranges.)
     #[error("redo entry {index}: target {target:#x} is invalid: {reason}")]
     InvalidTarget {
         /// Index of the offending entry.
@@ -115,6 +115,12 @@ pub enum TargetError {
         /// That lane.
         lane: u32,
     },
+    /// A range entry's length is zero or not a multiple of 8.
+    #[error("range length {len} is zero or not a multiple of 8")]
+    BadLength {
+        /// The length.
+        len: u64,
+    },
 }
 
 /// What is wrong with a redo log whose checksum is valid (see [`AllocError::CorruptLog`]).
@@ -139,6 +145,20 @@ pub enum CorruptReason {
         target: u64,
         /// What is wrong with it.
         error: TargetError,
+    },
+    /// A range entry's data runs past the log's last slot.
+    #[error("entry {index}: range of {len} bytes runs past the end of the log")]
+    RangePastEnd {
+        /// Index of the entry.
+        index: usize,
+        /// Its length.
+        len: u64,
+    },
+    /// A word entry follows a range entry (writers put every word entry first).
+    #[error("entry {index}: word entry after a range entry")]
+    WordAfterRange {
+        /// Index of the entry.
+        index: usize,
     },
     /// Another valid log has the same sequence number, so replay order is undefined.
     #[error("lane {other_lane} has a valid log with the same sequence number")]

@@ -1,5 +1,5 @@
-//! The lane redo log: a word-granular, checksummed redo log per lane that makes a set of
-//! 8-byte word updates atomic (format and crash argument: `docs/REDO.md`).
+//! The lane redo log: a checksummed redo log per lane that makes a set of 8-byte word updates
+//! and byte-range copies atomic (format and crash argument: `docs/REDO.md`).
 //!
 //! * [`RedoLogs::recover`] runs at open, before anything else touches the pool: it replays
 //!   every valid log in sequence order, clears every log, and returns the volatile state
@@ -14,18 +14,24 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 use crossbeam_utils::CachePadded;
-use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE};
+use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE, NT_THRESHOLD};
 
 use crate::error::{AllocError, CorruptReason, Result, TargetError};
 
-/// Size of a lane's redo log region, at the start of the lane.
+/// The smallest lane (and so redo log region) a pool may have. A lane's log region is the
+/// whole lane ([`RedoLayout::log_size`]).
 pub const REDO_LOG_SIZE: u64 = 4096;
 /// Size of the redo log header (one cache line).
 pub const REDO_HEADER_SIZE: u64 = 64;
-/// Size of one redo entry.
+/// Size of one redo slot: a word entry, the head of a range entry, or 16 bytes of its data.
 pub const REDO_ENTRY_SIZE: u64 = 16;
-/// Entries one redo log holds: `(REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE` = 252.
+/// Slots the log of a minimal ([`REDO_LOG_SIZE`]) lane holds:
+/// `(REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE` = 252. Larger lanes hold more
+/// ([`RedoLayout::capacity`]).
 pub const REDO_CAPACITY: usize = ((REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize;
+/// Bit 0 of an entry's `target` word marks a range entry (targets are 8-byte aligned, so the
+/// bit is free).
+pub const RANGE_FLAG: u64 = 1;
 /// The checksum covers the header from this offset (everything after the checksum field).
 const CRC_START: usize = 4;
 /// Size of the reserved tail of the header.
@@ -38,9 +44,9 @@ const RESERVED: usize = 48;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct RedoHeader {
-    /// CRC-32C of header bytes `[4, 64)` followed by the `count` entries.
+    /// CRC-32C of header bytes `[4, 64)` followed by the `count` slots.
     pub checksum: u32,
-    /// Number of entries, `1..=REDO_CAPACITY` in a valid log; 0 = no log.
+    /// Number of 16-byte slots after the header, `1..=capacity` in a valid log; 0 = no log.
     pub count: u32,
     /// Pool-wide sequence number of the log (>= 1): replay order.
     pub seq: u64,
@@ -86,16 +92,68 @@ impl From<(u64, u64)> for RedoEntry {
     }
 }
 
+/// A range entry to commit: copy `data` to pool offset `target` (both 8-byte aligned in
+/// offset and length, `data` not empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedoRange<'a> {
+    /// Pool offset of the first byte.
+    pub target: u64,
+    /// The bytes to store there.
+    pub data: &'a [u8],
+}
+
+/// A range entry read back from a log ([`decode_log`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeEntry {
+    /// Pool offset of the first byte.
+    pub target: u64,
+    /// The bytes to store there.
+    pub data: Vec<u8>,
+}
+
+/// Slots a range entry of `len` bytes takes: its head plus its data padded to 16 bytes.
+pub const fn range_slots(len: usize) -> usize {
+    1 + len.div_ceil(REDO_ENTRY_SIZE as usize)
+}
+
+/// The slots (body) of a log holding `words` then `ranges`, as [`LaneLog::commit_ops`] writes
+/// them after the header.
+pub fn encode_body(words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_body_into(&mut body, words, ranges);
+    body
+}
+
+fn encode_body_into(body: &mut Vec<u8>, words: &[RedoEntry], ranges: &[RedoRange<'_>]) {
+    body.clear();
+    body.extend_from_slice(bytemuck::cast_slice(words));
+    for r in ranges {
+        body.extend_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
+        body.extend_from_slice(&(r.data.len() as u64).to_le_bytes());
+        body.extend_from_slice(r.data);
+        body.resize(body.len().next_multiple_of(REDO_ENTRY_SIZE as usize), 0);
+    }
+}
+
 impl RedoHeader {
-    /// A header for a log of `entries` with sequence number `seq`, checksum filled in.
+    /// A header for a log of `entries` (word entries only) with sequence number `seq`,
+    /// checksum filled in.
     pub fn new(seq: u64, entries: &[RedoEntry]) -> RedoHeader {
+        RedoHeader::for_body(seq, bytemuck::cast_slice(entries))
+    }
+
+    /// A header for a log whose slots are `body` (a multiple of 16 bytes), checksum filled in.
+    pub fn for_body(seq: u64, body: &[u8]) -> RedoHeader {
+        debug_assert_eq!(body.len() % REDO_ENTRY_SIZE as usize, 0);
+        let slots = body.len() / REDO_ENTRY_SIZE as usize;
         let mut h = RedoHeader {
             checksum: 0,
-            count: u32::try_from(entries.len()).expect("entry count fits a u32"),
+            count: u32::try_from(slots).expect("slot count fits a u32"),
             seq,
             reserved: [0; RESERVED],
         };
-        h.checksum = log_checksum(&h, entries);
+        let crc = crc32c::crc32c(&bytemuck::bytes_of(&h)[CRC_START..]);
+        h.checksum = crc32c::crc32c_append(crc, body);
         h
     }
 
@@ -114,9 +172,16 @@ pub fn log_checksum(header: &RedoHeader, entries: &[RedoEntry]) -> u32 {
 /// The bytes of a complete log (header then entries), as [`LaneLog::commit`] writes them.
 /// For tools and tests that build media states.
 pub fn encode_log(seq: u64, entries: &[RedoEntry]) -> Vec<u8> {
-    let h = RedoHeader::new(seq, entries);
+    encode_log_ops(seq, entries, &[])
+}
+
+/// The bytes of a complete log of word entries then range entries, as
+/// [`LaneLog::commit_ops`] writes them.
+pub fn encode_log_ops(seq: u64, words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
+    let body = encode_body(words, ranges);
+    let h = RedoHeader::for_body(seq, &body);
     let mut v = bytemuck::bytes_of(&h).to_vec();
-    v.extend_from_slice(bytemuck::cast_slice(entries));
+    v.extend_from_slice(&body);
     v
 }
 
@@ -154,6 +219,16 @@ impl RedoLayout {
         self.lane_count
     }
 
+    /// Size of each lane's log region: the whole lane.
+    pub fn log_size(&self) -> u64 {
+        u64::from(self.lane_size)
+    }
+
+    /// Slots one log holds: `(log_size - 64) / 16`.
+    pub fn capacity(&self) -> usize {
+        ((self.log_size() - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize
+    }
+
     /// Pool offset of lane `lane`'s log region (the lane's first byte).
     ///
     /// # Panics
@@ -164,24 +239,33 @@ impl RedoLayout {
     }
 
     /// Checks that `target` is a word a redo log may store to: 8-byte aligned, inside the pool,
-    /// outside the header page and outside every lane's redo log region.
+    /// outside the header page and outside every lane (each lane is its log's region).
     pub fn check_target(&self, target: u64) -> Result<(), TargetError> {
+        self.check_range(target, 8)
+    }
+
+    /// Checks that `[target, target + len)` may be written by a range entry: `target` and
+    /// `len` multiples of 8, `len > 0`, inside the pool, outside the header page and
+    /// disjoint from every lane.
+    pub fn check_range(&self, target: u64, len: u64) -> Result<(), TargetError> {
         if target % 8 != 0 {
             return Err(TargetError::Misaligned);
         }
-        if !matches!(target.checked_add(8), Some(end) if end <= self.pool_size) {
-            return Err(TargetError::OutOfPool);
+        if len == 0 || len % 8 != 0 {
+            return Err(TargetError::BadLength { len });
         }
+        let Some(end) = target.checked_add(len).filter(|&e| e <= self.pool_size) else {
+            return Err(TargetError::OutOfPool);
+        };
         if target < HEADER_SIZE as u64 {
             return Err(TargetError::InHeader);
         }
-        let lanes_len = u64::from(self.lane_count) * u64::from(self.lane_size);
-        if let Some(rel) = target.checked_sub(self.lanes_offset) {
-            if rel < lanes_len && rel % u64::from(self.lane_size) < REDO_LOG_SIZE {
-                return Err(TargetError::InRedoLog {
-                    lane: (rel / u64::from(self.lane_size)) as u32,
-                });
-            }
+        let lanes_end = self.lanes_offset + u64::from(self.lane_count) * u64::from(self.lane_size);
+        if target < lanes_end && end > self.lanes_offset {
+            let first = target.max(self.lanes_offset);
+            return Err(TargetError::InRedoLog {
+                lane: ((first - self.lanes_offset) / u64::from(self.lane_size)) as u32,
+            });
         }
         Ok(())
     }
@@ -190,7 +274,7 @@ impl RedoLayout {
 /// Why a log is not valid (and so never replayed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invalid {
-    /// `count` is 0 (with a non-zero checksum) or above [`REDO_CAPACITY`].
+    /// `count` is 0 (with a non-zero checksum) or above the layout's capacity.
     BadCount(u32),
     /// The stored checksum does not match the contents.
     ChecksumMismatch {
@@ -208,35 +292,44 @@ pub enum LogState {
     Empty,
     /// Something else that is not a valid log (torn, stale, or damaged): never replayed.
     Invalid(Invalid),
-    /// A valid log: replayed by recovery.
+    /// A valid log: replayed by recovery (its word entries in order, then its range entries
+    /// in order).
     Valid {
         /// Its sequence number.
         seq: u64,
-        /// Its entries, in order.
+        /// Its word entries, in order.
         entries: Vec<RedoEntry>,
+        /// Its range entries, in order (they follow every word entry).
+        ranges: Vec<RangeEntry>,
     },
 }
 
 /// Decodes the log region of lane `lane` (`region` is the whole region,
-/// [`REDO_LOG_SIZE`] bytes). Never panics on any contents.
+/// [`RedoLayout::log_size`] bytes, or at least its first `64 + 16 × count` bytes). Never
+/// panics on any contents.
 ///
 /// # Errors
 /// [`AllocError::CorruptLog`] if the checksum is valid but a field is not: sequence number 0,
-/// a non-zero reserved byte, or an invalid target ([`RedoLayout::check_target`]).
+/// a non-zero reserved byte, an invalid word target ([`RedoLayout::check_target`]) or range
+/// ([`RedoLayout::check_range`]), a range whose data runs past the last slot, or a word entry
+/// after a range entry.
 ///
 /// # Panics
-/// If `region` is not [`REDO_LOG_SIZE`] bytes long.
+/// If `region` is shorter than the header or longer than [`RedoLayout::log_size`].
 pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogState> {
-    assert_eq!(region.len() as u64, REDO_LOG_SIZE, "a whole log region");
+    assert!(
+        region.len() >= REDO_HEADER_SIZE as usize && region.len() as u64 <= layout.log_size(),
+        "a log region"
+    );
     let header: RedoHeader = bytemuck::pod_read_unaligned(&region[..REDO_HEADER_SIZE as usize]);
     if header.word() == 0 {
         return Ok(LogState::Empty);
     }
     let count = header.count as usize;
-    if count == 0 || count > REDO_CAPACITY {
+    let end = REDO_HEADER_SIZE as usize + count * REDO_ENTRY_SIZE as usize;
+    if count == 0 || count > layout.capacity() || end > region.len() {
         return Ok(LogState::Invalid(Invalid::BadCount(header.count)));
     }
-    let end = REDO_HEADER_SIZE as usize + count * REDO_ENTRY_SIZE as usize;
     let computed = crc32c::crc32c(&region[CRC_START..end]);
     if computed != header.checksum {
         return Ok(LogState::Invalid(Invalid::ChecksumMismatch {
@@ -257,22 +350,56 @@ pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogSt
             offset: offset_of!(RedoHeader, reserved) + i,
         }));
     }
-    let entries: Vec<RedoEntry> = region[REDO_HEADER_SIZE as usize..end]
-        .chunks_exact(REDO_ENTRY_SIZE as usize)
-        .map(bytemuck::pod_read_unaligned)
-        .collect();
-    for (index, e) in entries.iter().enumerate() {
-        layout.check_target(e.target).map_err(|error| {
-            corrupt(CorruptReason::BadTarget {
-                index,
-                target: e.target,
-                error,
-            })
-        })?;
+    let body = &region[REDO_HEADER_SIZE as usize..end];
+    let mut entries = Vec::new();
+    let mut ranges = Vec::new();
+    let mut pos = 0;
+    let mut index = 0;
+    while pos < body.len() {
+        let e: RedoEntry = bytemuck::pod_read_unaligned(&body[pos..pos + 16]);
+        pos += 16;
+        if e.target & RANGE_FLAG == 0 {
+            if !ranges.is_empty() {
+                return Err(corrupt(CorruptReason::WordAfterRange { index }));
+            }
+            layout.check_target(e.target).map_err(|error| {
+                corrupt(CorruptReason::BadTarget {
+                    index,
+                    target: e.target,
+                    error,
+                })
+            })?;
+            entries.push(e);
+        } else {
+            let target = e.target & !RANGE_FLAG;
+            let bad = |error| {
+                corrupt(CorruptReason::BadTarget {
+                    index,
+                    target,
+                    error,
+                })
+            };
+            layout.check_range(target, e.value).map_err(bad)?;
+            // Bounded by the pool size (check_range), so the cast and the sum do not overflow
+            // on 64-bit targets; compare against what is left.
+            let len = e.value;
+            let padded = len.next_multiple_of(REDO_ENTRY_SIZE);
+            if padded > (body.len() - pos) as u64 {
+                return Err(corrupt(CorruptReason::RangePastEnd { index, len }));
+            }
+            let len = len as usize;
+            ranges.push(RangeEntry {
+                target,
+                data: body[pos..pos + len].to_vec(),
+            });
+            pos += padded as usize;
+        }
+        index += 1;
     }
     Ok(LogState::Valid {
         seq: header.seq,
         entries,
+        ranges,
     })
 }
 
@@ -281,8 +408,12 @@ pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogSt
 pub struct RecoveryReport {
     /// Valid logs replayed.
     pub logs_replayed: usize,
-    /// Entries applied (sum over the replayed logs).
+    /// Word entries applied (sum over the replayed logs).
     pub entries_applied: usize,
+    /// Range entries applied (sum over the replayed logs).
+    pub ranges_applied: usize,
+    /// Bytes the range entries stored.
+    pub range_bytes_applied: u64,
     /// Invalid (torn, stale or damaged) logs cleared without being replayed.
     pub invalid_cleared: usize,
     /// Highest sequence number of a valid log found (0 if none).
@@ -294,8 +425,12 @@ pub struct RecoveryReport {
 pub struct CommitStats {
     /// The log's sequence number (0 for an empty commit, which does nothing).
     pub seq: u64,
-    /// Entries in the log.
+    /// Word entries in the log.
     pub entries: usize,
+    /// Range entries in the log.
+    pub ranges: usize,
+    /// 16-byte slots the log used (header excluded).
+    pub slots: usize,
     /// Cache lines of the log region flushed (header + entries).
     pub log_lines: usize,
     /// Distinct cache lines of targets flushed.
@@ -409,6 +544,7 @@ struct Found {
     lane: u32,
     seq: u64,
     entries: Vec<RedoEntry>,
+    ranges: Vec<RangeEntry>,
 }
 
 impl RedoLogs {
@@ -436,22 +572,37 @@ impl RedoLogs {
         let layout = RedoLayout::new(pool.size(), &pool.geometry())?;
         let mut found: Vec<Found> = Vec::new();
         let mut invalid: Vec<u32> = Vec::new();
-        let mut region = vec![0u8; REDO_LOG_SIZE as usize];
+        let mut region = vec![0u8; layout.log_size() as usize];
         for lane in 0..layout.lane_count {
             let off = layout.log_offset(lane);
             // SAFETY: we hold the only reference to the pool (`&mut Pool`), so no safe access
             // runs concurrently, and every unsafe accessor's contract makes its caller rule
             // out races with us.
-            unsafe { pool.read(off, &mut region[..8]) };
+            unsafe { pool.read(off, &mut region[..REDO_HEADER_SIZE as usize]) };
             if region[..8] == [0; 8] {
                 continue;
             }
+            // Read only the slots the header claims (bounded by the region): a lane's log
+            // region is the whole lane, mostly unused.
+            let count = u64::from(u32::from_le_bytes(
+                region[4..8].try_into().expect("4 bytes"),
+            ));
+            let len = (REDO_HEADER_SIZE + count * REDO_ENTRY_SIZE).min(layout.log_size());
             // SAFETY: as above.
-            unsafe { pool.read(off, &mut region) };
-            match decode_log(&region, lane, &layout)? {
+            unsafe { pool.read(off, &mut region[..len as usize]) };
+            match decode_log(&region[..len as usize], lane, &layout)? {
                 LogState::Empty => {}
                 LogState::Invalid(_) => invalid.push(lane),
-                LogState::Valid { seq, entries } => found.push(Found { lane, seq, entries }),
+                LogState::Valid {
+                    seq,
+                    entries,
+                    ranges,
+                } => found.push(Found {
+                    lane,
+                    seq,
+                    entries,
+                    ranges,
+                }),
             }
         }
         found.sort_by_key(|f| (f.seq, f.lane));
@@ -468,6 +619,12 @@ impl RedoLogs {
         let report = RecoveryReport {
             logs_replayed: found.len(),
             entries_applied: found.iter().map(|f| f.entries.len()).sum(),
+            ranges_applied: found.iter().map(|f| f.ranges.len()).sum(),
+            range_bytes_applied: found
+                .iter()
+                .flat_map(|f| &f.ranges)
+                .map(|r| r.data.len() as u64)
+                .sum(),
             invalid_cleared: invalid.len(),
             max_seq,
         };
@@ -484,6 +641,10 @@ impl RedoLogs {
                     // SAFETY: exclusive pool (as above); the target was checked by decode_log.
                     unsafe { store_word(pool, e.target, e.value) };
                     lines.push(e.target & !(CACHE_LINE - 1));
+                }
+                for r in &f.ranges {
+                    // SAFETY: exclusive pool (as above); the range was checked by decode_log.
+                    unsafe { pool.copy_nodrain(&mut ctx, r.target, &r.data) };
                 }
             }
             lines.sort_unstable();
@@ -546,6 +707,7 @@ impl RedoLogs {
             offset,
             covered: Vec::new(),
             lines: Vec::new(),
+            body: Vec::new(),
         })
     }
 
@@ -602,6 +764,8 @@ pub struct LaneLog {
     covered: Vec<(u32, u64)>,
     /// Scratch: target lines of the current commit.
     lines: Vec<u64>,
+    /// Scratch: the body of a log with range entries.
+    body: Vec<u8>,
 }
 
 impl std::fmt::Debug for LaneLog {
@@ -630,35 +794,65 @@ impl LaneLog {
         self.offset
     }
 
+    /// Slots this lane's log holds ([`RedoLayout::capacity`]).
+    pub fn capacity(&self) -> usize {
+        self.shared.layout.capacity()
+    }
+
     /// Atomically stores every `entry.value` at `entry.target` (in entry order: of duplicate
-    /// targets the last wins), durably, with exactly two drains through `ctx`:
+    /// targets the last wins), durably: [`LaneLog::commit_ops`] with word entries only.
+    ///
+    /// # Safety
+    /// As [`LaneLog::commit_ops`].
+    ///
+    /// # Errors
+    /// As [`LaneLog::commit_ops`].
+    ///
+    /// # Panics
+    /// As [`LaneLog::commit_ops`].
+    pub unsafe fn commit(
+        &mut self,
+        pool: &Pool,
+        ctx: &mut FlushContext,
+        entries: &[RedoEntry],
+    ) -> Result<CommitStats> {
+        // SAFETY: forwarded contract.
+        unsafe { self.commit_ops(pool, ctx, entries, &[]) }
+    }
+
+    /// Atomically stores every word entry, then copies every range, durably, with exactly two
+    /// drains through `ctx`:
     ///
     /// 1. flush the header lines of other lanes' pending invalidations;
-    /// 2. write the entries, then the header; flush the log's lines;
+    /// 2. write the slots (word entries, then range entries with their data), then the
+    ///    header; flush the log's lines (non-temporal stores for a body of 256 bytes or more);
     /// 3. drain #1 — **the commit point**: the update is durable from here on;
-    /// 4. store the values, flush each touched line once;
+    /// 4. store the words and copy the ranges (non-temporal stores for ranges of 256 bytes or
+    ///    more), flush each touched line once;
     /// 5. drain #2 — the values are durable;
-    /// 6. invalidate the log (store 0 to the (checksum, count) word, flush it, no drain) and
+    /// 6. invalidate the log (store 0 to the (checksum, count) word, no flush, no drain) and
     ///    add the lane to the pending-invalidation set.
     ///
-    /// An empty `entries` does nothing. Targets and size are checked before anything is
-    /// written.
+    /// Nothing at all happens when both lists are empty. Targets, ranges and size are checked
+    /// before anything is written.
     ///
     /// # Safety
     /// For the whole call, until it returns:
-    /// * no other thread reads or writes any target word (other than through this lane's
-    ///   commit), and no reference to one is live: the caller owns the targets exclusively
-    ///   (e.g. under the lock of the run or object they belong to), and keeps owning them
-    ///   until this returns;
+    /// * no other thread reads or writes any target word or range byte (other than through
+    ///   this lane's commit), and no reference to one is live: the caller owns the targets
+    ///   exclusively (e.g. under the lock of the run or object they belong to), and keeps
+    ///   owning them until this returns;
     /// * no other [`RedoLogs`] of the same pool is in use (the lane region's exclusivity is
     ///   guaranteed by this `&mut LaneLog` only within one `RedoLogs`).
     ///
-    /// Afterwards, a target word may be modified again by another redo log commit freely;
-    /// by any other means only after [`RedoLogs::sync_invalidations`] (`docs/REDO.md` §4).
+    /// Afterwards, a target may be modified again by another redo log commit freely; by any
+    /// other means only after [`RedoLogs::sync_invalidations`] (`docs/REDO.md` §4).
     ///
     /// # Errors
-    /// * [`AllocError::LogFull`] if `entries.len() > REDO_CAPACITY`; nothing written.
-    /// * [`AllocError::InvalidTarget`] for a target [`RedoLayout::check_target`] refuses;
+    /// * [`AllocError::LogFull`] if the slots needed exceed [`LaneLog::capacity`]; nothing
+    ///   written.
+    /// * [`AllocError::InvalidTarget`] for a word target [`RedoLayout::check_target`] or a
+    ///   range [`RedoLayout::check_range`] refuses (`index` counts words, then ranges);
     ///   nothing written.
     /// * [`AllocError::ReadOnly`] on a read-only pool.
     /// * [`AllocError::Pool`] if a drain fails (the pool is then poisoned: reopen it and let
@@ -667,11 +861,12 @@ impl LaneLog {
     /// # Panics
     /// If `pool` is not the pool these logs were recovered from, or `ctx` belongs to another
     /// pool.
-    pub unsafe fn commit(
+    pub unsafe fn commit_ops(
         &mut self,
         pool: &Pool,
         ctx: &mut FlushContext,
         entries: &[RedoEntry],
+        ranges: &[RedoRange<'_>],
     ) -> Result<CommitStats> {
         let sh = &*self.shared;
         sh.check_pool(pool);
@@ -679,13 +874,18 @@ impl LaneLog {
             return Err(AllocError::ReadOnly { pending_lanes: 0 });
         }
         let n = entries.len();
-        if n == 0 {
+        if n == 0 && ranges.is_empty() {
             return Ok(CommitStats::default());
         }
-        if n > REDO_CAPACITY {
+        let slots = n + ranges
+            .iter()
+            .map(|r| range_slots(r.data.len()))
+            .sum::<usize>();
+        let capacity = sh.layout.capacity();
+        if slots > capacity {
             return Err(AllocError::LogFull {
-                needed: n,
-                capacity: REDO_CAPACITY,
+                needed: slots,
+                capacity,
             });
         }
         for (index, e) in entries.iter().enumerate() {
@@ -697,25 +897,40 @@ impl LaneLog {
                     reason,
                 })?;
         }
+        for (i, r) in ranges.iter().enumerate() {
+            sh.layout
+                .check_range(r.target, r.data.len() as u64)
+                .map_err(|reason| AllocError::InvalidTarget {
+                    index: n + i,
+                    target: r.target,
+                    reason,
+                })?;
+        }
 
         // 1. Pending invalidations of other lanes (ours is overwritten by our own header).
         sh.flush_pending(pool, ctx, Some(self.lane), &mut self.covered);
 
-        // 2. Entries, then the header, the (checksum, count) word last.
+        // 2. Slots, then the header, the (checksum, count) word last.
         let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
-        let header = RedoHeader::new(seq, entries);
+        let body: &[u8] = if ranges.is_empty() {
+            bytemuck::cast_slice(entries)
+        } else {
+            encode_body_into(&mut self.body, entries, ranges);
+            &self.body
+        };
+        let header = RedoHeader::for_body(seq, body);
         let off = self.offset;
-        let log_len = REDO_HEADER_SIZE + n as u64 * REDO_ENTRY_SIZE;
+        let log_len = REDO_HEADER_SIZE + body.len() as u64;
         // SAFETY: the log region of our lane is written only through its one `LaneLog` of the
         // one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes' commits
         // only flush its header line, which is not an access. Nothing holds a reference into
-        // it. The range is inside the pool (layout checked at recovery).
+        // it. The range is inside the pool (layout checked at recovery; slots <= capacity).
         unsafe {
-            pool.write(off + REDO_HEADER_SIZE, bytemuck::cast_slice(entries));
+            pool.copy_nodrain(ctx, off + REDO_HEADER_SIZE, body);
             pool.write(off + 8, &bytemuck::bytes_of(&header)[8..]);
             store_word(pool, off, header.word());
         }
-        pool.flush(ctx, off, log_len);
+        pool.flush(ctx, off, REDO_HEADER_SIZE);
 
         // 3. Drain #1: the commit point. It also made the invalidations flushed in step 1 (and
         // our own previous one, overwritten by the new header) durable.
@@ -725,13 +940,30 @@ impl LaneLog {
         }
         sh.clear_covered(&self.covered);
 
-        // 4. Apply.
+        // 4. Apply: words, then ranges.
         self.lines.clear();
         for e in entries {
             // SAFETY: the caller owns every target word exclusively for the call; the target
-            // was checked (aligned, inside the pool, not in the header or a log region).
+            // was checked (aligned, inside the pool, not in the header or a lane).
             unsafe { store_word(pool, e.target, e.value) };
             self.lines.push(e.target & !(CACHE_LINE - 1));
+        }
+        let mut nt_lines = 0;
+        for r in ranges {
+            if r.data.len() >= NT_THRESHOLD {
+                // SAFETY: as for the words: the caller owns the range; it was checked.
+                unsafe { pool.copy_nodrain(ctx, r.target, r.data) };
+                nt_lines +=
+                    (r.target + r.data.len() as u64).div_ceil(CACHE_LINE) - r.target / CACHE_LINE;
+            } else {
+                // SAFETY: as above.
+                unsafe { pool.write(r.target, r.data) };
+                let mut line = r.target & !(CACHE_LINE - 1);
+                while line < r.target + r.data.len() as u64 {
+                    self.lines.push(line);
+                    line += CACHE_LINE;
+                }
+            }
         }
         self.lines.sort_unstable();
         self.lines.dedup();
@@ -762,8 +994,10 @@ impl LaneLog {
         Ok(CommitStats {
             seq,
             entries: n,
+            ranges: ranges.len(),
+            slots,
             log_lines: log_len.div_ceil(CACHE_LINE) as usize,
-            target_lines: self.lines.len(),
+            target_lines: self.lines.len() + nt_lines as usize,
             pending_lines: self.covered.len(),
             drains: 2,
         })
@@ -816,8 +1050,15 @@ mod tests {
         let heap = 8192 + 4 * (16 << 10);
         assert_eq!(l.check_target(heap), Ok(()));
         assert_eq!(l.check_target(4096), Ok(())); // root area
-        assert_eq!(l.check_target(8192 + 4096), Ok(())); // lane 0, after its log
-        assert_eq!(l.check_target(8192 + (16 << 10) - 8), Ok(()));
+                                                  // A lane's log region is the whole lane.
+        assert_eq!(
+            l.check_target(8192 + 4096),
+            Err(TargetError::InRedoLog { lane: 0 })
+        );
+        assert_eq!(
+            l.check_target(8192 + (16 << 10) - 8),
+            Err(TargetError::InRedoLog { lane: 0 })
+        );
         assert_eq!(l.check_target((8 << 20) - 8), Ok(()));
         assert_eq!(l.check_target(heap + 4), Err(TargetError::Misaligned));
         assert_eq!(l.check_target(8 << 20), Err(TargetError::OutOfPool));
@@ -843,7 +1084,8 @@ mod tests {
             decode_log(&r, 0, &l).unwrap(),
             LogState::Valid {
                 seq: 9,
-                entries: entries.to_vec()
+                entries: entries.to_vec(),
+                ranges: vec![],
             }
         );
         assert_eq!(decode_log(&region(&[]), 0, &l).unwrap(), LogState::Empty);

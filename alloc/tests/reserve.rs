@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use pmstore_alloc::heap::CHUNK;
-use pmstore_alloc::redo::REDO_CAPACITY;
 use pmstore_alloc::{AllocError, Heap, Reservation};
 use pmstore_pool::{Pool, MIN_POOL_SIZE};
 
@@ -241,22 +240,33 @@ fn log_full_changes_nothing() {
     let (_d, path) = scratch();
     let mut pool = create(&path, MIN_POOL_SIZE);
     let (heap, _) = Heap::open(&mut pool).unwrap();
+    let capacity = heap.redo_logs().layout().capacity();
     let mut rs = vec![heap.reserve(&pool, 64).unwrap()];
     let off = rs[0].offset();
-    // Header + bitmap word + REDO_CAPACITY words.
-    let words: Vec<(u64, u64)> = (0..REDO_CAPACITY as u64)
-        .map(|i| (root(&pool, i), i + 1))
+    // Header + bitmap word + `capacity` words (root words, then heap data words).
+    let data = heap.geometry().chunk_offset(1);
+    let words: Vec<(u64, u64)> = (0..capacity as u64)
+        .map(|i| {
+            (
+                if i < 512 {
+                    root(&pool, i)
+                } else {
+                    data + 8 * i
+                },
+                i + 1,
+            )
+        })
         .collect();
     let before = pool_bytes(&pool);
     let e = publish(&heap, &pool, &mut rs, &[], &words).unwrap_err();
     assert!(
-        matches!(e, AllocError::LogFull { needed, capacity } if needed == REDO_CAPACITY + 2 && capacity == REDO_CAPACITY),
+        matches!(e, AllocError::LogFull { needed, capacity: c } if needed == capacity + 2 && c == capacity),
         "{e}"
     );
     assert!(pool_bytes(&pool) == before);
     assert_eq!(rs.len(), 1);
     assert_ne!(heap.reserve(&pool, 64).unwrap().offset(), off);
-    publish(&heap, &pool, &mut rs, &[], &words[..REDO_CAPACITY - 2]).unwrap();
+    publish(&heap, &pool, &mut rs, &[], &words[..capacity - 2]).unwrap();
     assert_eq!(allocated(&heap, &pool), vec![off]);
     assert_eq!(read_word(&pool, root(&pool, 0)), 1);
 }
