@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
-use pmstore::{
+use pmstore::pool::{
     CreateOptions, Inspection, ModeRequest, OpenOptions, PersistMode, Pool, PoolError,
     MIN_POOL_SIZE,
 };

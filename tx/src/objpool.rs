@@ -1,0 +1,297 @@
+//! The transactional pool handle: recovery at open, the root object, transactions.
+
+use std::cell::RefCell;
+use std::mem::size_of;
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytemuck::Pod;
+use pmstore_alloc::redo::RecoveryReport;
+use pmstore_alloc::Heap;
+use pmstore_pool::{CreateOptions, OpenOptions, PersistCounters, PersistMode, Pool as RawPool};
+
+use crate::locks::LockTable;
+use crate::tx::{CommitInfo, Tx};
+use crate::{PPtr, Result, TxError};
+
+/// Bytes of the root entry at the start of the root area: the root object's offset and size
+/// (`docs/FORMAT.md` §6.1).
+pub const ROOT_ENTRY_SIZE: u64 = 16;
+
+thread_local! {
+    /// Pools (by address) this thread is running a transaction on: a second one on the same
+    /// pool would wait for the first one's locks forever.
+    static ACTIVE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks a pool as having a transaction on this thread while alive.
+struct ActiveGuard(usize);
+
+impl ActiveGuard {
+    fn enter(pool: &Pool) -> Result<ActiveGuard> {
+        let id = pool as *const Pool as usize;
+        ACTIVE.with(|a| {
+            let mut a = a.borrow_mut();
+            if a.contains(&id) {
+                return Err(TxError::NestedTransaction);
+            }
+            a.push(id);
+            Ok(ActiveGuard(id))
+        })
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| {
+            let mut a = a.borrow_mut();
+            if let Some(i) = a.iter().rposition(|&x| x == self.0) {
+                a.swap_remove(i);
+            }
+        });
+    }
+}
+
+/// An open pool with transactions: the pool file (`pmstore-pool`), its allocator
+/// (`pmstore-alloc`) and the lock table of its transactions. Share it between threads by
+/// reference (it is `Sync`); each [`Pool::transaction`] runs on the calling thread.
+pub struct Pool {
+    // Field order is drop order: the heap (lanes, reservations) before the mapping.
+    heap: Heap,
+    raw: RawPool,
+    locks: LockTable,
+    /// The heap's object region `[start, end)`: the chunks' data.
+    objects: (u64, u64),
+    root_entry: u64,
+    recovery: RecoveryReport,
+    last_commit: Mutex<CommitInfo>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("path", &self.raw.path())
+            .field("persistence", &self.raw.persistence())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Creates a pool file (see [`pmstore_pool::Pool::create`]) and opens it for transactions.
+    ///
+    /// # Errors
+    /// The pool layer's creation errors ([`TxError::Pool`]).
+    pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Pool> {
+        Pool::from_raw(RawPool::create(path, opts)?)
+    }
+
+    /// Opens a pool file (see [`pmstore_pool::Pool::open`]: locked, validated) and recovers it:
+    /// committed transactions whose application was interrupted are finished, everything
+    /// uncommitted is gone (it never reached the pool).
+    ///
+    /// # Errors
+    /// The pool layer's open errors; [`TxError::Alloc`] if recovery finds a corrupt log
+    /// (nothing is modified then) or a read-only pool needs recovery.
+    pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Pool> {
+        Pool::from_raw(RawPool::open(path, opts)?)
+    }
+
+    /// Recovers an already opened pool (e.g. a simulated one, for crash tests) and wraps it.
+    ///
+    /// # Errors
+    /// As [`Pool::open`] after the file is open.
+    pub fn from_raw(mut raw: RawPool) -> Result<Pool> {
+        let (heap, recovery) = Heap::open(&mut raw)?;
+        let geo = *heap.geometry();
+        Ok(Pool {
+            objects: (geo.chunk_offset(0), geo.data_end()),
+            root_entry: raw.geometry().root_offset,
+            heap,
+            raw,
+            locks: LockTable::new(crate::locks::DEFAULT_STRIPES),
+            recovery,
+            last_commit: Mutex::new(CommitInfo::default()),
+        })
+    }
+
+    /// The pool file layer (header, mapping, persistence mode, counters).
+    pub fn raw(&self) -> &RawPool {
+        &self.raw
+    }
+
+    /// The allocator.
+    pub fn heap(&self) -> &Heap {
+        &self.heap
+    }
+
+    pub(crate) fn lock_table(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// What recovery did when this pool was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The persistence mode in force.
+    pub fn persistence(&self) -> PersistMode {
+        self.raw.persistence()
+    }
+
+    /// Pool-wide persistence counters (lines flushed, drains, msync calls).
+    pub fn counters(&self) -> PersistCounters {
+        self.raw.counters()
+    }
+
+    /// What the most recent commit (of any thread) logged.
+    pub fn last_commit(&self) -> CommitInfo {
+        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `[off, off + len)` lies in the heap's object region.
+    pub(crate) fn in_objects(&self, off: u64, len: u64) -> bool {
+        off >= self.objects.0 && off.checked_add(len).is_some_and(|e| e <= self.objects.1)
+    }
+
+    /// The root object: a `T` allocated zeroed by the first call on a pool, the same object on
+    /// every later call (and after reopening). Keep your data structures reachable from it.
+    ///
+    /// # Errors
+    /// [`TxError::RootMismatch`] if the root exists with another size; allocation errors on
+    /// first use; [`TxError::InvalidPointer`] if the root entry is corrupt;
+    /// [`TxError::NestedTransaction`] inside a transaction on this pool.
+    pub fn root<T: Pod>(&self) -> Result<PPtr<T>> {
+        let size = size_of::<T>() as u64;
+        let at = self.root_entry;
+        let existing = |entry: [u64; 2]| -> Result<Option<PPtr<T>>> {
+            let [off, stored] = entry;
+            if off == 0 {
+                return Ok(None);
+            }
+            if stored != size {
+                return Err(TxError::RootMismatch {
+                    stored,
+                    requested: size,
+                });
+            }
+            if !self.in_objects(off, size) || off % std::mem::align_of::<T>() as u64 != 0 {
+                return Err(TxError::InvalidPointer {
+                    offset: off,
+                    len: size,
+                });
+            }
+            Ok(Some(PPtr::from_offset(off)))
+        };
+        if let Some(p) = self.read(|tx| existing(*tx.read_internal::<[u64; 2]>(at)?))? {
+            return Ok(p);
+        }
+        self.transaction(|tx| {
+            if let Some(p) = existing(*tx.read_internal::<[u64; 2]>(at)?)? {
+                return Ok(p);
+            }
+            let p = tx.alloc_zeroed::<T>()?;
+            *tx.write_at::<[u64; 2]>(at)? = [p.offset(), size];
+            Ok(p)
+        })
+    }
+
+    /// Runs `f` as a transaction and commits it if `f` returns `Ok`: everything `f` did through
+    /// the [`Tx`] becomes durable at once (all or nothing across crashes). If `f` returns
+    /// `Err` or panics, nothing it did reaches the pool (the transaction is dropped: its locks
+    /// are released and its allocations cancelled), and the error or panic propagates.
+    ///
+    /// If `f` runs into a lock held by a concurrent transaction for too long, the transaction
+    /// is aborted and **`f` runs again** (after a short randomized back-off), so `f` should not
+    /// have effects outside the pool that must happen once. Nested transactions: use
+    /// [`Tx::nested`]; calling `transaction` inside a transaction on the same pool returns
+    /// [`TxError::NestedTransaction`].
+    ///
+    /// # Errors
+    /// `f`'s error; a commit error converted with `E: From<TxError>` (I/O, a failed nested
+    /// transaction [`TxError::Aborted`], a double free found at commit, a transaction too
+    /// large for a lane's log).
+    pub fn transaction<R, E>(&self, mut f: impl FnMut(&mut Tx<'_>) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<TxError>,
+    {
+        let _active = ActiveGuard::enter(self)?;
+        let writable = !self.raw.is_read_only();
+        let mut attempt = 0u32;
+        loop {
+            let mut tx = Tx::new(self, writable);
+            let r = f(&mut tx);
+            if tx.conflicted() {
+                drop(tx);
+                backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
+            let v = r?;
+            if tx.failed() {
+                return Err(TxError::Aborted.into());
+            }
+            match tx.commit() {
+                Ok(info) => {
+                    if info.logged {
+                        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner()) = info;
+                    }
+                    return Ok(v);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs `f` with a read-only transaction: consistent reads under shared locks (released
+    /// when `f` returns), nothing written. Retried like [`Pool::transaction`] on conflicts.
+    ///
+    /// # Errors
+    /// `f`'s error; [`TxError::NestedTransaction`] inside a transaction on this pool.
+    pub fn read<R, E>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<TxError>,
+    {
+        let _active = ActiveGuard::enter(self)?;
+        let mut attempt = 0u32;
+        loop {
+            let tx = Tx::new(self, false);
+            let r = f(&tx);
+            if tx.conflicted() {
+                drop(tx);
+                backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
+            return r;
+        }
+    }
+}
+
+/// Waits before retrying a conflicting transaction: randomized, growing with the attempt (up to
+/// about a millisecond), so that two transactions that keep colliding drift apart.
+fn backoff(attempt: u32) {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::thread::current().id().hash(&mut h);
+            h.finish() | 1
+        });
+    }
+    let r = STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    });
+    let cap = 1u64 << attempt.min(10);
+    let micros = r % cap;
+    if attempt < 2 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(std::time::Duration::from_micros(micros));
+    }
+}

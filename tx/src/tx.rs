@@ -1,0 +1,487 @@
+//! A transaction: private shadow copies of everything it modifies, the locks it holds, its
+//! reservations and frees; committed as one redo log (`docs/TX.md`).
+
+use std::cell::{Cell, RefCell};
+use std::mem::{align_of, size_of};
+
+use bytemuck::{Pod, Zeroable};
+use pmstore_alloc::redo::RedoRange;
+use pmstore_alloc::{AllocError, Reservation};
+use pmstore_pool::CACHE_LINE;
+
+use crate::locks::LockSet;
+use crate::objpool::Pool;
+use crate::raw;
+use crate::{PPtr, Result, TxError};
+
+/// Largest alignment a persistent type may have (shadow buffers are cache-line aligned).
+pub const MAX_ALIGN: usize = 64;
+
+/// One cache line of a shadow buffer: 64-byte aligned, so a shadow mirrors the pool's
+/// alignment of every byte modulo 64.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A private copy of whole cache lines `[start, start + 64 × buf.len())` of the pool, where a
+/// transaction makes its changes. Commit logs the words that differ from the pool.
+struct Shadow {
+    start: u64,
+    buf: Vec<Line>,
+}
+
+impl Shadow {
+    fn end(&self) -> u64 {
+        self.start + CACHE_LINE * self.buf.len() as u64
+    }
+    fn bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.buf)
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        bytemuck::cast_slice_mut(&mut self.buf)
+    }
+}
+
+/// The cache lines covering `[off, off + len)`.
+fn line_bounds(off: u64, len: u64) -> (u64, u64) {
+    (
+        off & !(CACHE_LINE - 1),
+        (off + len).next_multiple_of(CACHE_LINE),
+    )
+}
+
+/// What one commit cost (see [`Pool::last_commit`](crate::Pool::last_commit)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Range entries logged (runs of modified 8-byte words).
+    pub ranges: usize,
+    /// Bytes those ranges carry.
+    pub range_bytes: u64,
+    /// Blocks allocated.
+    pub allocs: usize,
+    /// Blocks freed.
+    pub frees: usize,
+    /// Whether a redo log was written at all (a transaction that changed nothing writes none).
+    pub logged: bool,
+}
+
+/// A transaction on a [`Pool`]. Obtained inside [`Pool::transaction`] (read-write) or
+/// [`Pool::read`] (as `&Tx`: read-only).
+///
+/// * Reads ([`Tx::get`]) take a shared lock on the object and return a reference into the pool,
+///   or into this transaction's own pending version of it.
+/// * Writes ([`Tx::get_mut`], [`Tx::alloc`]) take an exclusive lock and return a reference
+///   into a private **shadow copy**: nothing in the pool changes before commit, so there is no
+///   snapshot to forget and nothing to roll back.
+/// * Commit writes one redo log holding the modified words of every shadow and the
+///   allocator's updates for its allocations and frees, then applies it: all or nothing
+///   across crashes, with two drains.
+/// * Locks are held until the transaction ends (strict two-phase locking): transactions are
+///   serializable.
+pub struct Tx<'p> {
+    pool: &'p Pool,
+    locks: RefCell<LockSet>,
+    /// Shadows, sorted by `start`, disjoint (no two share a line).
+    shadows: Vec<Shadow>,
+    /// Blocks reserved by this transaction, published at commit.
+    allocs: Vec<Reservation>,
+    /// Blocks reserved and then freed by this transaction: cancelled when it ends (not
+    /// before: a cancelled block could be reserved by another transaction while a shadow of
+    /// ours still covers it).
+    dead_allocs: Vec<Reservation>,
+    /// Published blocks freed by this transaction: `(offset, usable size)`.
+    frees: Vec<(u64, u64)>,
+    /// A lock could not be acquired: the transaction must be retried.
+    conflict: Cell<bool>,
+    /// A nested transaction failed: the whole transaction aborts.
+    failed: Cell<bool>,
+    writable: bool,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("shadows", &self.shadows.len())
+            .field("allocs", &self.allocs.len())
+            .field("frees", &self.frees.len())
+            .field("locks", &self.locks.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // Abort (or the end of a commit): nothing persistent to undo. Reservations cancel
+        // themselves when dropped, which must happen before the locks go (a cancelled block may
+        // be handed out at once, and no one may see it while we could still write it: we never
+        // write after this point, so the order only matters for clarity).
+        self.allocs.clear();
+        self.dead_allocs.clear();
+        self.locks.get_mut().release_all(self.pool.lock_table());
+    }
+}
+
+impl<'p> Tx<'p> {
+    pub(crate) fn new(pool: &'p Pool, writable: bool) -> Tx<'p> {
+        Tx {
+            pool,
+            locks: RefCell::new(LockSet::new()),
+            shadows: Vec::new(),
+            allocs: Vec::new(),
+            dead_allocs: Vec::new(),
+            frees: Vec::new(),
+            conflict: Cell::new(false),
+            failed: Cell::new(false),
+            writable,
+        }
+    }
+
+    /// Whether a lock conflict occurred (the transaction must be retried).
+    pub(crate) fn conflicted(&self) -> bool {
+        self.conflict.get()
+    }
+
+    /// Whether a nested transaction failed.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    fn conflict(&self) -> TxError {
+        self.conflict.set(true);
+        TxError::Conflict
+    }
+
+    /// Checks a pointer to an object of `T`: not null, aligned, inside the object regions,
+    /// not freed in this transaction. Returns `(offset, len)`.
+    fn check<T>(&self, p: PPtr<T>) -> Result<(u64, u64)> {
+        let (off, len) = (p.offset(), size_of::<T>() as u64);
+        if p.is_null() {
+            return Err(TxError::Null);
+        }
+        let align = align_of::<T>();
+        if align > MAX_ALIGN || off % align as u64 != 0 {
+            return Err(TxError::Misaligned { offset: off, align });
+        }
+        if len == 0 || !self.pool.in_objects(off, len) {
+            return Err(TxError::InvalidPointer { offset: off, len });
+        }
+        self.check_not_freed(off, len)?;
+        Ok((off, len))
+    }
+
+    fn check_not_freed(&self, off: u64, len: u64) -> Result<()> {
+        let hit = |(o, s): (u64, u64)| off < o + s && o < off + len;
+        if self.frees.iter().copied().any(hit)
+            || self.dead_allocs.iter().any(|r| hit((r.offset(), r.size())))
+        {
+            return Err(TxError::UseAfterFree { offset: off });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if !self.writable {
+            return Err(TxError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Index of the shadow that contains lines `[ls, le)`, if any.
+    fn containing(&self, ls: u64, le: u64) -> Option<usize> {
+        let i = self.shadows.partition_point(|s| s.start <= ls);
+        let i = i.checked_sub(1)?;
+        (self.shadows[i].end() >= le).then_some(i)
+    }
+
+    /// Indexes of the shadows that intersect lines `[ls, le)`.
+    fn overlapping(&self, ls: u64, le: u64) -> std::ops::Range<usize> {
+        let first = self.shadows.partition_point(|s| s.end() <= ls);
+        let end = self.shadows.partition_point(|s| s.start < le);
+        first..end.max(first)
+    }
+
+    /// Reads the object `p` points to: this transaction's pending version if it modified it,
+    /// else the pool's (after taking a shared lock on it, held until the transaction ends).
+    ///
+    /// # Errors
+    /// [`TxError::Null`], [`TxError::Misaligned`], [`TxError::InvalidPointer`] (not inside the
+    /// heap's object region), [`TxError::UseAfterFree`], [`TxError::Straddle`],
+    /// [`TxError::Conflict`] (the transaction is then retried by
+    /// [`Pool::transaction`]: just return the error, e.g. with `?`).
+    pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
+        let (off, len) = self.check(p)?;
+        self.read_at(off, len)
+    }
+
+    /// [`Tx::get`] without the pointer checks (offset and alignment already checked).
+    fn read_at<T: Pod>(&self, off: u64, len: u64) -> Result<&T> {
+        let (ls, le) = line_bounds(off, len);
+        if let Some(i) = self.containing(ls, le) {
+            let s = &self.shadows[i];
+            let at = (off - s.start) as usize;
+            return Ok(bytemuck::from_bytes(&s.bytes()[at..at + len as usize]));
+        }
+        if !self.overlapping(ls, le).is_empty() {
+            return Err(TxError::Straddle { offset: off, len });
+        }
+        let table = self.pool.lock_table();
+        self.locks
+            .borrow_mut()
+            .lock_shared(table, off, len)
+            .map_err(|_| self.conflict())?;
+        // SAFETY: (1) `off`/`len` were checked to lie in the pool (object regions or the root
+        // entry) with `off` aligned for `T`. (2) We now hold a shared lock on every stripe
+        // covering the range until this transaction ends (`Drop` releases it), and every
+        // writer of object bytes — another transaction's commit — holds an exclusive lock on
+        // them while it writes; this transaction's own writes happen at commit, which takes
+        // `self` by value, so after every reference returned here is gone.
+        Ok(unsafe { raw::pool_ref::<T>(self.pool.raw(), off) })
+    }
+
+    /// A mutable reference to a private copy of the object `p` points to, taken under an
+    /// exclusive lock (held until the transaction ends): the transaction's pending version of
+    /// it, which [`Tx::get`] also returns from now on. Commit makes it durable, atomically with
+    /// everything else the transaction does; an abort discards it. Only the bytes that differ
+    /// from the pool at commit are logged and written, so a whole-object `get_mut` that changes
+    /// one field costs one field.
+    ///
+    /// # Errors
+    /// As [`Tx::get`], and [`TxError::ReadOnly`] in [`Pool::read`] or on a read-only pool.
+    pub fn get_mut<T: Pod>(&mut self, p: PPtr<T>) -> Result<&mut T> {
+        self.check_writable()?;
+        let (off, len) = self.check(p)?;
+        let bytes = self.shadow_mut(off, len)?;
+        Ok(bytemuck::from_bytes_mut(bytes))
+    }
+
+    /// [`Tx::get_mut`] without the pointer checks (offset and alignment already checked).
+    pub(crate) fn write_at<T: Pod>(&mut self, off: u64) -> Result<&mut T> {
+        self.check_writable()?;
+        let bytes = self.shadow_mut(off, size_of::<T>() as u64)?;
+        Ok(bytemuck::from_bytes_mut(bytes))
+    }
+
+    /// [`Tx::get`] of a checked internal offset (the root entry).
+    pub(crate) fn read_internal<T: Pod>(&self, off: u64) -> Result<&T> {
+        self.read_at(off, size_of::<T>() as u64)
+    }
+
+    /// The shadow bytes of `[off, off + len)`, making (or widening) a shadow under an
+    /// exclusive lock if needed.
+    fn shadow_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        let (ls, le) = line_bounds(off, len);
+        let i = match self.containing(ls, le) {
+            Some(i) => i,
+            None => {
+                let table = self.pool.lock_table();
+                if self
+                    .locks
+                    .get_mut()
+                    .lock_exclusive(table, off, len)
+                    .is_err()
+                {
+                    return Err(self.conflict());
+                }
+                // Stripes are 256-byte aligned, so the stripes of `[off, off + len)` cover its
+                // whole lines: every line of the new shadow is under an exclusive lock of ours
+                // (the lines of the shadows it absorbs were locked when they were made).
+                let r = self.overlapping(ls, le);
+                let start = r
+                    .clone()
+                    .next()
+                    .map_or(ls, |j| self.shadows[j].start.min(ls));
+                let end = r
+                    .clone()
+                    .last()
+                    .map_or(le, |j| self.shadows[j].end().max(le));
+                let mut s = Shadow {
+                    start,
+                    buf: vec![Line::zeroed(); ((end - start) / CACHE_LINE) as usize],
+                };
+                // SAFETY: every byte of [start, end) is covered by stripes this transaction
+                // holds exclusively (above), so no other thread writes them.
+                unsafe { raw::read_bytes(self.pool.raw(), start, s.bytes_mut()) };
+                for old in self.shadows.drain(r.clone()) {
+                    let at = (old.start - start) as usize;
+                    s.bytes_mut()[at..at + old.bytes().len()].copy_from_slice(old.bytes());
+                }
+                self.shadows.insert(r.start, s);
+                r.start
+            }
+        };
+        let s = &mut self.shadows[i];
+        let at = (off - s.start) as usize;
+        Ok(&mut s.bytes_mut()[at..at + len as usize])
+    }
+
+    /// Allocates a block for a `T`, initialised to `value`, and returns a pointer to it. The
+    /// block exists only in this transaction until commit (which publishes it atomically with
+    /// the rest); an abort releases it. Blocks of 64 bytes or more are cache-line aligned.
+    ///
+    /// # Errors
+    /// [`TxError::Alloc`] with [`AllocError::OutOfSpace`] or [`AllocError::TooLarge`];
+    /// [`TxError::Misaligned`] for a type aligned to more than 64 bytes; [`TxError::Conflict`];
+    /// [`TxError::ReadOnly`].
+    pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
+        self.check_writable()?;
+        let size = size_of::<T>().max(1) as u64;
+        if align_of::<T>() > MAX_ALIGN {
+            return Err(TxError::Misaligned {
+                offset: 0,
+                align: align_of::<T>(),
+            });
+        }
+        let r = self.pool.heap().reserve(self.pool.raw(), size)?;
+        let off = r.offset();
+        debug_assert_eq!(off % align_of::<T>() as u64, 0, "blocks are aligned");
+        self.allocs.push(r);
+        let bytes = self.shadow_mut(off, size_of::<T>() as u64)?;
+        bytes.copy_from_slice(bytemuck::bytes_of(&value));
+        Ok(PPtr::from_offset(off))
+    }
+
+    /// [`Tx::alloc`] of an all-zero `T`.
+    ///
+    /// # Errors
+    /// As [`Tx::alloc`].
+    pub fn alloc_zeroed<T: Pod>(&mut self) -> Result<PPtr<T>> {
+        self.alloc(T::zeroed())
+    }
+
+    /// Frees the block `p` points to (allocated earlier, in this transaction or a committed
+    /// one) at commit, atomically with the rest of the transaction; an abort leaves it
+    /// allocated. Using it later in this transaction is an error
+    /// ([`TxError::UseAfterFree`]).
+    ///
+    /// # Errors
+    /// [`TxError::Null`]; [`TxError::Alloc`] with [`AllocError::InvalidFree`] if `p` is not the
+    /// start of a live block (a double free across transactions is reported at commit as
+    /// [`AllocError::DoubleFree`]); [`TxError::DoubleFree`] within this transaction;
+    /// [`TxError::Conflict`]; [`TxError::ReadOnly`].
+    pub fn free<T>(&mut self, p: PPtr<T>) -> Result<()> {
+        self.check_writable()?;
+        if p.is_null() {
+            return Err(TxError::Null);
+        }
+        let off = p.offset();
+        if let Some(i) = self.allocs.iter().position(|r| r.offset() == off) {
+            let r = self.allocs.swap_remove(i);
+            self.dead_allocs.push(r);
+            return Ok(());
+        }
+        if self.frees.iter().any(|&(o, _)| o == off)
+            || self.dead_allocs.iter().any(|r| r.offset() == off)
+        {
+            return Err(TxError::DoubleFree { offset: off });
+        }
+        let size = self.pool.heap().usable_size(self.pool.raw(), off)?;
+        let table = self.pool.lock_table();
+        if self
+            .locks
+            .get_mut()
+            .lock_exclusive(table, off, size)
+            .is_err()
+        {
+            return Err(self.conflict());
+        }
+        self.frees.push((off, size));
+        Ok(())
+    }
+
+    /// Runs `f` as a nested transaction: flattened into this one (same locks, same shadows,
+    /// same commit). If `f` fails, the whole transaction aborts, even if the outer closure goes
+    /// on and returns `Ok` (the outer transaction then fails with [`TxError::Aborted`]).
+    ///
+    /// # Errors
+    /// Whatever `f` returns.
+    pub fn nested<R, E>(&mut self, f: impl FnOnce(&mut Tx<'p>) -> Result<R, E>) -> Result<R, E> {
+        let r = f(self);
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r
+    }
+
+    /// Commits: logs every modified word of every shadow (runs of changed 8-byte words; runs
+    /// less than 16 bytes apart are merged), the allocations and the frees in one redo log,
+    /// and applies it (`Heap::publish_ranges_with`: two drains). Locks are released when
+    /// `self` drops, after the commit.
+    pub(crate) fn commit(mut self) -> Result<CommitInfo> {
+        let mut info = CommitInfo {
+            allocs: self.allocs.len(),
+            frees: self.frees.len(),
+            ..CommitInfo::default()
+        };
+        if self.shadows.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
+            return Ok(info);
+        }
+        let pool = self.pool;
+        let raw = pool.raw();
+        // Bytes that must not be written: blocks freed by this transaction.
+        let mut dead: Vec<(u64, u64)> = self.frees.clone();
+        dead.extend(self.dead_allocs.iter().map(|r| (r.offset(), r.size())));
+        let is_dead = |w: u64| dead.iter().any(|&(o, s)| o <= w && w < o + s);
+
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (shadow, from, to) byte offsets
+        let mut current = Vec::new();
+        for (si, s) in self.shadows.iter().enumerate() {
+            let bytes = s.bytes();
+            current.resize(bytes.len(), 0);
+            // SAFETY: the shadow's lines are under exclusive locks of this transaction (taken
+            // when the shadow was made), so no other thread writes them.
+            unsafe { raw::read_bytes(raw, s.start, &mut current) };
+            let mut run: Option<(usize, usize)> = None;
+            for w in (0..bytes.len()).step_by(8) {
+                if bytes[w..w + 8] == current[w..w + 8] || is_dead(s.start + w as u64) {
+                    continue;
+                }
+                run = match run {
+                    Some((a, b)) if w - b <= 16 => Some((a, w + 8)),
+                    Some((a, b)) => {
+                        spans.push((si, a, b));
+                        Some((w, w + 8))
+                    }
+                    None => Some((w, w + 8)),
+                };
+            }
+            if let Some((a, b)) = run {
+                spans.push((si, a, b));
+            }
+        }
+        let ranges: Vec<RedoRange<'_>> = spans
+            .iter()
+            .map(|&(si, a, b)| RedoRange {
+                target: self.shadows[si].start + a as u64,
+                data: &self.shadows[si].bytes()[a..b],
+            })
+            .collect();
+        info.ranges = ranges.len();
+        info.range_bytes = ranges.iter().map(|r| r.data.len() as u64).sum();
+        if ranges.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
+            return Ok(info);
+        }
+        let frees: Vec<u64> = self.frees.iter().map(|&(o, _)| o).collect();
+        let heap = pool.heap();
+        let mut lane = heap.lane();
+        // SAFETY: one Heap per pool (the Pool's own). Every byte of every range lies in a
+        // shadow's lines, under an exclusive lock of this transaction (no other thread reads
+        // or writes them, and no reference to them is live: readers of pool bytes hold shared
+        // locks); so does every freed block. The reservations are ours. Ranges were checked to
+        // lie in the object regions or the root entry (never heap metadata or lanes; the
+        // allocator checks again).
+        let r = unsafe {
+            heap.publish_ranges_with(&mut lane, raw, &mut self.allocs, &frees, &[], &ranges)
+        };
+        drop(lane);
+        match r {
+            Ok(()) => {
+                info.logged = true;
+                Ok(info)
+            }
+            Err(AllocError::LogFull { needed, .. }) => Err(TxError::TooLarge {
+                needed: 64 + 16 * needed as u64,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
