@@ -66,6 +66,14 @@ pub enum TxError {
         /// The size read.
         len: u64,
     },
+    /// A reserved (must-be-zero) byte of the root area is not zero: the pool was written by a
+    /// buggy or foreign writer (`docs/FORMAT.md` §6.1). Found after log recovery; nothing else
+    /// was modified.
+    #[error("root area byte at pool offset {offset:#x} is reserved but not zero")]
+    CorruptRootArea {
+        /// Pool offset of the first non-zero reserved byte.
+        offset: u64,
+    },
     /// The root object exists with another size than the type asked for.
     #[error("the root object has {stored} bytes; {requested} were requested")]
     RootMismatch {
@@ -97,6 +105,7 @@ impl TxError {
     pub fn is_invalid_pool(&self) -> bool {
         match self {
             TxError::Pool(e) => e.is_invalid_pool(),
+            TxError::CorruptRootArea { .. } => true,
             TxError::Alloc(
                 AllocError::CorruptLog { .. }
                 | AllocError::CorruptHeap { .. }

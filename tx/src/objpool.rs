@@ -3,7 +3,6 @@
 use std::cell::RefCell;
 use std::mem::size_of;
 use std::path::Path;
-use std::sync::Mutex;
 
 use bytemuck::Pod;
 use pmstore_alloc::redo::RecoveryReport;
@@ -19,6 +18,16 @@ use crate::{PPtr, Result, TxError};
 pub const ROOT_ENTRY_SIZE: u64 = 16;
 
 thread_local! {
+    /// What this thread's last commit logged ([`Pool::last_commit`]).
+    static LAST_COMMIT: std::cell::Cell<CommitInfo> = const {
+        std::cell::Cell::new(CommitInfo {
+            ranges: 0,
+            range_bytes: 0,
+            allocs: 0,
+            frees: 0,
+            logged: false,
+        })
+    };
     /// Pools (by address) this thread is running a transaction on: a second one on the same
     /// pool would wait for the first one's locks forever.
     static ACTIVE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
@@ -64,7 +73,6 @@ pub struct Pool {
     objects: (u64, u64),
     root_entry: u64,
     recovery: RecoveryReport,
-    last_commit: Mutex<CommitInfo>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -102,6 +110,16 @@ impl Pool {
     /// As [`Pool::open`] after the file is open.
     pub fn from_raw(mut raw: RawPool) -> Result<Pool> {
         let (heap, recovery) = Heap::open(&mut raw)?;
+        // The root area past the root entry is reserved: must be zero (FORMAT.md §6.1).
+        let g = raw.geometry();
+        let mut rest = vec![0u8; (g.root_size - ROOT_ENTRY_SIZE) as usize];
+        // SAFETY: we own `raw` (no other thread can reach it yet), so nothing writes it.
+        unsafe { raw.read(g.root_offset + ROOT_ENTRY_SIZE, &mut rest) };
+        if let Some(i) = rest.iter().position(|&b| b != 0) {
+            return Err(TxError::CorruptRootArea {
+                offset: g.root_offset + ROOT_ENTRY_SIZE + i as u64,
+            });
+        }
         let geo = *heap.geometry();
         Ok(Pool {
             objects: (geo.chunk_offset(0), geo.data_end()),
@@ -110,7 +128,6 @@ impl Pool {
             raw,
             locks: LockTable::new(crate::locks::DEFAULT_STRIPES),
             recovery,
-            last_commit: Mutex::new(CommitInfo::default()),
         })
     }
 
@@ -143,9 +160,9 @@ impl Pool {
         self.raw.counters()
     }
 
-    /// What the most recent commit (of any thread) logged.
+    /// What this thread's most recent committed transaction (on any pool) logged.
     pub fn last_commit(&self) -> CommitInfo {
-        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
+        LAST_COMMIT.with(|c| c.get())
     }
 
     /// Whether `[off, off + len)` lies in the heap's object region.
@@ -232,9 +249,7 @@ impl Pool {
             }
             match tx.commit() {
                 Ok(info) => {
-                    if info.logged {
-                        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner()) = info;
-                    }
+                    LAST_COMMIT.with(|c| c.set(info));
                     return Ok(v);
                 }
                 Err(e) => return Err(e.into()),

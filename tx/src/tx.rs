@@ -50,7 +50,7 @@ fn line_bounds(off: u64, len: u64) -> (u64, u64) {
     )
 }
 
-/// What one commit cost (see [`Pool::last_commit`](crate::Pool::last_commit)).
+/// What one commit logged (see [`Pool::last_commit`](crate::Pool::last_commit)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitInfo {
     /// Range entries logged (runs of modified 8-byte words).
@@ -418,43 +418,54 @@ impl<'p> Tx<'p> {
         let pool = self.pool;
         let raw = pool.raw();
         // Bytes that must not be written: blocks freed by this transaction.
-        let mut dead: Vec<(u64, u64)> = self.frees.clone();
-        dead.extend(self.dead_allocs.iter().map(|r| (r.offset(), r.size())));
-        let is_dead = |w: u64| dead.iter().any(|&(o, s)| o <= w && w < o + s);
+        let (frees, dead_allocs) = (&self.frees, &self.dead_allocs);
+        let is_dead = |w: u64| {
+            frees.iter().any(|&(o, s)| o <= w && w < o + s)
+                || dead_allocs
+                    .iter()
+                    .any(|r| r.offset() <= w && w < r.offset() + r.size())
+        };
+        let any_dead = !frees.is_empty() || !dead_allocs.is_empty();
 
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (shadow, from, to) byte offsets
-        let mut current = Vec::new();
-        for (si, s) in self.shadows.iter().enumerate() {
+        // Runs of changed words, compared against the pool in blocks of CMP bytes.
+        const CMP: usize = 512;
+        let mut current = [0u8; CMP];
+        let mut ranges: Vec<RedoRange<'_>> = Vec::new();
+        for s in &self.shadows {
             let bytes = s.bytes();
-            current.resize(bytes.len(), 0);
-            // SAFETY: the shadow's lines are under exclusive locks of this transaction (taken
-            // when the shadow was made), so no other thread writes them.
-            unsafe { raw::read_bytes(raw, s.start, &mut current) };
             let mut run: Option<(usize, usize)> = None;
-            for w in (0..bytes.len()).step_by(8) {
-                if bytes[w..w + 8] == current[w..w + 8] || is_dead(s.start + w as u64) {
-                    continue;
-                }
-                run = match run {
-                    Some((a, b)) if w - b <= 16 => Some((a, w + 8)),
-                    Some((a, b)) => {
-                        spans.push((si, a, b));
-                        Some((w, w + 8))
+            let mut push = |a: usize, b: usize| {
+                ranges.push(RedoRange {
+                    target: s.start + a as u64,
+                    data: &bytes[a..b],
+                })
+            };
+            for block in (0..bytes.len()).step_by(CMP) {
+                let n = CMP.min(bytes.len() - block);
+                // SAFETY: the shadow's lines are under exclusive locks of this transaction
+                // (taken when the shadow was made), so no other thread writes them.
+                unsafe { raw::read_bytes(raw, s.start + block as u64, &mut current[..n]) };
+                for w in (0..n).step_by(8) {
+                    let g = block + w;
+                    if bytes[g..g + 8] == current[w..w + 8]
+                        || (any_dead && is_dead(s.start + g as u64))
+                    {
+                        continue;
                     }
-                    None => Some((w, w + 8)),
-                };
+                    run = match run {
+                        Some((a, b)) if g - b <= 16 => Some((a, g + 8)),
+                        Some((a, b)) => {
+                            push(a, b);
+                            Some((g, g + 8))
+                        }
+                        None => Some((g, g + 8)),
+                    };
+                }
             }
             if let Some((a, b)) = run {
-                spans.push((si, a, b));
+                push(a, b);
             }
         }
-        let ranges: Vec<RedoRange<'_>> = spans
-            .iter()
-            .map(|&(si, a, b)| RedoRange {
-                target: self.shadows[si].start + a as u64,
-                data: &self.shadows[si].bytes()[a..b],
-            })
-            .collect();
         info.ranges = ranges.len();
         info.range_bytes = ranges.iter().map(|r| r.data.len() as u64).sum();
         if ranges.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
