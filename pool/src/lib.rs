@@ -44,5 +44,5 @@ pub use header::{
     RO_COMPAT_KNOWN,
 };
 pub use persist::{FlushContext, ModeRequest, PersistCounters, PersistMode};
-pub use pool::{CreateOptions, Inspection, OpenOptions, Pool, NT_THRESHOLD};
+pub use pool::{CreateOptions, Inspection, OpenOptions, Pool, MSYNC_MERGE_GAP_PAGES, NT_THRESHOLD};
 pub use raw::cpu::FlushInstr;

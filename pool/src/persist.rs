@@ -248,11 +248,17 @@ impl DirtyPages {
 
     /// Sorts and merges the runs into maximal disjoint runs, in place.
     pub(crate) fn coalesce(&mut self) -> &[(u64, u64)] {
+        self.coalesce_within(0)
+    }
+
+    /// Sorts and merges the runs, in place, joining runs separated by at most `gap` clean
+    /// units into one run that covers the gap too.
+    pub(crate) fn coalesce_within(&mut self, gap: u64) -> &[(u64, u64)] {
         self.runs.sort_unstable();
         let mut out = 0;
         for i in 0..self.runs.len() {
             let r = self.runs[i];
-            if out > 0 && r.0 <= self.runs[out - 1].1 {
+            if out > 0 && r.0 <= self.runs[out - 1].1 + gap {
                 self.runs[out - 1].1 = self.runs[out - 1].1.max(r.1);
             } else {
                 self.runs[out] = r;

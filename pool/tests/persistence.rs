@@ -3,7 +3,10 @@
 mod common;
 
 use common::*;
-use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, PersistMode, Pool, MIN_POOL_SIZE};
+use pmstore_pool::{
+    CreateOptions, ModeRequest, OpenOptions, PersistMode, Pool, MIN_POOL_SIZE,
+    MSYNC_MERGE_GAP_PAGES,
+};
 
 fn create(path: &std::path::Path, size: u64, mode: ModeRequest) -> Pool {
     Pool::create(
@@ -83,6 +86,50 @@ fn non_temporal_copies_stream_whole_lines() {
 }
 
 #[test]
+fn nt_copies_of_any_size_stream_every_whole_line() {
+    let (_d, path) = scratch();
+    let pool = create(&path, MIN_POOL_SIZE, ModeRequest::Flush);
+    let base = pool.geometry().heap_offset;
+    let mut ctx = pool.flush_context();
+    let src: Vec<u8> = (0..1000u32).map(|i| (i * 13 + 5) as u8).collect();
+    // (offset within a line, length) -> (lines flushed, bytes streamed)
+    for (skew, len, lines, nt) in [
+        (0, 64, 0, 64),
+        (0, 128, 0, 128),
+        (8, 64, 2, 0),
+        (8, 128, 2, 64),
+        (0, 8, 1, 0),
+        (0, 80, 1, 64),
+    ] {
+        let off = base + 4096 + skew;
+        let before = ctx.counters();
+        // SAFETY: single-threaded, no references into the pool.
+        unsafe { pool.copy_nt_nodrain(&mut ctx, off, &src[..len]) };
+        pool.drain(&mut ctx).unwrap();
+        let d = ctx.counters() - before;
+        assert_eq!(
+            (d.lines_flushed, d.nt_bytes, d.drains),
+            (lines, nt, 1),
+            "copy of {len} at +{skew}"
+        );
+        let mut back = vec![0; len];
+        // SAFETY: as above.
+        unsafe { pool.read(off, &mut back) };
+        assert_eq!(back, src[..len]);
+    }
+    // In msync mode the same call is an ordinary copy, recorded as dirty pages.
+    let (_d2, path2) = scratch();
+    let pool = create(&path2, MIN_POOL_SIZE, ModeRequest::Msync);
+    let mut ctx = pool.flush_context();
+    let off = pool.geometry().heap_offset;
+    // SAFETY: as above.
+    unsafe { pool.copy_nt_nodrain(&mut ctx, off, &src[..128]) };
+    pool.drain(&mut ctx).unwrap();
+    let d = ctx.counters();
+    assert_eq!((d.nt_bytes, d.msync_calls), (0, 1));
+}
+
+#[test]
 fn msync_mode_syncs_exactly_the_dirty_pages() {
     let (_d, path) = scratch();
     // A 1 GiB pool (sparse, so the test is cheap): the cost must not depend on the size.
@@ -110,26 +157,38 @@ fn msync_mode_syncs_exactly_the_dirty_pages() {
 }
 
 #[test]
-fn msync_mode_coalesces_adjacent_and_overlapping_pages() {
+fn msync_mode_coalesces_adjacent_overlapping_and_nearby_pages() {
     let (_d, path) = scratch();
-    let pool = create(&path, MIN_POOL_SIZE, ModeRequest::Msync);
+    let pool = create(&path, 16 << 20, ModeRequest::Msync);
     let mut ctx = pool.flush_context();
     let h = pool.geometry().heap_offset;
-    // Pages h+5..h+8 (dirtied out of order and twice), a range straddling two pages,
-    // and one lone page.
+    let page = 4096;
+    // Pages h+5..h+8 (dirtied out of order and twice) and a range straddling two pages: one
+    // run; page h+20, 12 clean pages further: joined to it (gap <= MSYNC_MERGE_GAP_PAGES);
+    // a page 2 MiB further (more than the gap): a call of its own.
+    let far = 20 + 2 * MSYNC_MERGE_GAP_PAGES;
     for (off, len) in [
-        (6 * 4096, 10),
-        (5 * 4096, 4096),
-        (7 * 4096 + 4000, 200),
-        (6 * 4096 + 8, 8),
-        (20 * 4096, 1),
+        (6 * page, 10),
+        (5 * page, 4096),
+        (7 * page + 4000, 200),
+        (6 * page + 8, 8),
+        (20 * page, 1),
+        (far * page, 8),
     ] {
         pool.flush(&mut ctx, h + off, len);
     }
     let before = ctx.counters();
     pool.drain(&mut ctx).unwrap();
     let d = ctx.counters() - before;
-    assert_eq!((d.msync_calls, d.msync_bytes), (2, 5 * 4096));
+    assert_eq!((d.msync_calls, d.msync_bytes), (2, (16 + 1) * 4096));
+    // Runs exactly MSYNC_MERGE_GAP_PAGES apart join; one page more and they do not.
+    for (gap, calls) in [(MSYNC_MERGE_GAP_PAGES, 1), (MSYNC_MERGE_GAP_PAGES + 1, 2)] {
+        pool.flush(&mut ctx, h, 8);
+        pool.flush(&mut ctx, h + (1 + gap) * page, 8);
+        let before = ctx.counters();
+        pool.drain(&mut ctx).unwrap();
+        assert_eq!((ctx.counters() - before).msync_calls, calls, "gap {gap}");
+    }
 }
 
 #[test]
