@@ -41,4 +41,4 @@ pub use pmstore_pool::{
     CreateOptions, FlushContext, FlushInstr, Geometry, Inspection, ModeRequest, OpenOptions,
     PersistCounters, PersistMode, PoolError, PoolHeader, MAX_POOL_SIZE, MIN_POOL_SIZE,
 };
-pub use pmstore_tx::{bytemuck, pfield, CommitInfo, PPtr, Pool, Tx, TxError};
+pub use pmstore_tx::{bytemuck, pfield, CommitInfo, PPtr, PSlice, Pool, Tx, TxError};

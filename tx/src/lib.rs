@@ -162,7 +162,7 @@ mod tx;
 
 pub use error::{Result, TxError};
 pub use objpool::{Pool, ROOT_ENTRY_SIZE};
-pub use pptr::PPtr;
+pub use pptr::{PPtr, PSlice};
 pub use tx::{CommitInfo, Tx, MAX_ALIGN};
 
 pub use bytemuck;

@@ -137,3 +137,91 @@ unsafe impl<T: 'static> Zeroable for PPtr<T> {}
 // SAFETY: as above, every bit pattern is a valid PPtr (any offset; validity is checked at use),
 // there is no padding, and it is Copy + 'static.
 unsafe impl<T: 'static> Pod for PPtr<T> {}
+
+/// A persistent slice: `len` consecutive `T`s at a pool offset (16 bytes: offset, length in
+/// elements). `Copy` and plain data like [`PPtr`]; dereferenced through a transaction
+/// ([`Tx::get_slice`](crate::Tx::get_slice), [`Tx::get_slice_mut`](crate::Tx::get_slice_mut)),
+/// which checks it. The empty slice is all zero ([`PSlice::EMPTY`]).
+#[repr(C)]
+pub struct PSlice<T> {
+    offset: u64,
+    len: u64,
+    _type: PhantomData<fn() -> T>,
+}
+
+const _: () = assert!(std::mem::size_of::<PSlice<u64>>() == 16);
+
+impl<T> PSlice<T> {
+    /// The empty slice.
+    pub const EMPTY: PSlice<T> = PSlice::from_raw_parts(0, 0);
+
+    /// The slice of `len` elements at pool offset `offset` (not checked until it is used).
+    pub const fn from_raw_parts(offset: u64, len: u64) -> PSlice<T> {
+        PSlice {
+            offset,
+            len,
+            _type: PhantomData,
+        }
+    }
+
+    /// Pool offset of the first element.
+    pub const fn offset(self) -> u64 {
+        self.offset
+    }
+
+    /// Number of elements.
+    pub const fn len(self) -> u64 {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub const fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer to its first element (the block to free).
+    pub const fn as_ptr(self) -> PPtr<T> {
+        PPtr::from_offset(self.offset)
+    }
+
+    /// A pointer to element `i`.
+    ///
+    /// # Panics
+    /// If `i >= len`.
+    pub fn at(self, i: u64) -> PPtr<T> {
+        assert!(
+            i < self.len,
+            "index {i} out of bounds for a slice of {}",
+            self.len
+        );
+        PPtr::from_offset(self.offset + i * std::mem::size_of::<T>() as u64)
+    }
+}
+
+impl<T> Clone for PSlice<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for PSlice<T> {}
+impl<T> PartialEq for PSlice<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.offset, self.len) == (other.offset, other.len)
+    }
+}
+impl<T> Eq for PSlice<T> {}
+impl<T> Default for PSlice<T> {
+    fn default() -> Self {
+        PSlice::EMPTY
+    }
+}
+impl<T> fmt::Debug for PSlice<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PSlice({:#x}, {})", self.offset, self.len)
+    }
+}
+// SAFETY: two u64s (repr(C), no padding; PhantomData is a ZST): every bit pattern is a valid
+// PSlice (validity is checked at use), zero is EMPTY; Copy + 'static.
+unsafe impl<T: 'static> Zeroable for PSlice<T> {}
+// SAFETY: as above.
+unsafe impl<T: 'static> Pod for PSlice<T> {}

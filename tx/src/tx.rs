@@ -12,7 +12,7 @@ use pmstore_pool::CACHE_LINE;
 use crate::locks::LockSet;
 use crate::objpool::Pool;
 use crate::raw;
-use crate::{PPtr, Result, TxError};
+use crate::{PPtr, PSlice, Result, TxError};
 
 /// Largest alignment a persistent type may have (shadow buffers are cache-line aligned).
 pub const MAX_ALIGN: usize = 64;
@@ -57,6 +57,8 @@ pub struct CommitInfo {
     pub ranges: usize,
     /// Bytes those ranges carry.
     pub range_bytes: u64,
+    /// Bytes of new blocks written directly (not logged) before the commit point.
+    pub direct_bytes: u64,
     /// Blocks allocated.
     pub allocs: usize,
     /// Blocks freed.
@@ -96,6 +98,9 @@ pub struct Tx<'p> {
     /// A nested transaction failed: the whole transaction aborts.
     failed: Cell<bool>,
     writable: bool,
+    /// `!Send`: a transaction's stores (non-temporal ones included) must be issued by the
+    /// thread whose drains order them, the thread that commits.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -133,6 +138,7 @@ impl<'p> Tx<'p> {
             conflict: Cell::new(false),
             failed: Cell::new(false),
             writable,
+            _not_send: std::marker::PhantomData,
         }
     }
 
@@ -154,19 +160,39 @@ impl<'p> Tx<'p> {
     /// Checks a pointer to an object of `T`: not null, aligned, inside the object regions,
     /// not freed in this transaction. Returns `(offset, len)`.
     fn check<T>(&self, p: PPtr<T>) -> Result<(u64, u64)> {
-        let (off, len) = (p.offset(), size_of::<T>() as u64);
-        if p.is_null() {
+        let len = size_of::<T>() as u64;
+        self.check_range(p.offset(), len, align_of::<T>())?;
+        Ok((p.offset(), len))
+    }
+
+    /// Checks `len` bytes at `off` holding values aligned to `align` (see [`Tx::check`]).
+    fn check_range(&self, off: u64, len: u64, align: usize) -> Result<()> {
+        if off == 0 {
             return Err(TxError::Null);
         }
-        let align = align_of::<T>();
         if align > MAX_ALIGN || off % align as u64 != 0 {
             return Err(TxError::Misaligned { offset: off, align });
         }
         if len == 0 || !self.pool.in_objects(off, len) {
             return Err(TxError::InvalidPointer { offset: off, len });
         }
-        self.check_not_freed(off, len)?;
-        Ok((off, len))
+        self.check_not_freed(off, len)
+    }
+
+    /// Checks a slice; returns its byte length (0 for an empty slice, which needs no checks).
+    fn check_slice<T>(&self, s: PSlice<T>) -> Result<u64> {
+        let len = s
+            .len()
+            .checked_mul(size_of::<T>() as u64)
+            .ok_or(TxError::InvalidPointer {
+                offset: s.offset(),
+                len: u64::MAX,
+            })?;
+        if len == 0 {
+            return Ok(0);
+        }
+        self.check_range(s.offset(), len, align_of::<T>())?;
+        Ok(len)
     }
 
     fn check_not_freed(&self, off: u64, len: u64) -> Result<()> {
@@ -210,16 +236,41 @@ impl<'p> Tx<'p> {
     /// [`Pool::transaction`]: just return the error, e.g. with `?`).
     pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
         let (off, len) = self.check(p)?;
-        self.read_at(off, len)
+        Ok(bytemuck::from_bytes(self.read_bytes_at(off, len)?))
     }
 
-    /// [`Tx::get`] without the pointer checks (offset and alignment already checked).
-    fn read_at<T: Pod>(&self, off: u64, len: u64) -> Result<&T> {
+    /// Reads a slice: as [`Tx::get`] for its elements (one lock acquisition for the range).
+    ///
+    /// # Errors
+    /// As [`Tx::get`].
+    pub fn get_slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
+        let len = self.check_slice(s)?;
+        if len == 0 {
+            return Ok(&[]);
+        }
+        Ok(bytemuck::cast_slice(self.read_bytes_at(s.offset(), len)?))
+    }
+
+    /// A mutable view of a slice in this transaction's shadow: as [`Tx::get_mut`].
+    ///
+    /// # Errors
+    /// As [`Tx::get_mut`].
+    pub fn get_slice_mut<T: Pod>(&mut self, s: PSlice<T>) -> Result<&mut [T]> {
+        self.check_writable()?;
+        let len = self.check_slice(s)?;
+        if len == 0 {
+            return Ok(&mut []);
+        }
+        Ok(bytemuck::cast_slice_mut(self.shadow_mut(s.offset(), len)?))
+    }
+
+    /// The bytes `[off, off + len)` (checked by the caller) as this transaction sees them.
+    fn read_bytes_at(&self, off: u64, len: u64) -> Result<&[u8]> {
         let (ls, le) = line_bounds(off, len);
         if let Some(i) = self.containing(ls, le) {
             let s = &self.shadows[i];
             let at = (off - s.start) as usize;
-            return Ok(bytemuck::from_bytes(&s.bytes()[at..at + len as usize]));
+            return Ok(&s.bytes()[at..at + len as usize]);
         }
         if !self.overlapping(ls, le).is_empty() {
             return Err(TxError::Straddle { offset: off, len });
@@ -229,13 +280,13 @@ impl<'p> Tx<'p> {
             .borrow_mut()
             .lock_shared(table, off, len)
             .map_err(|_| self.conflict())?;
-        // SAFETY: (1) `off`/`len` were checked to lie in the pool (object regions or the root
-        // entry) with `off` aligned for `T`. (2) We now hold a shared lock on every stripe
-        // covering the range until this transaction ends (`Drop` releases it), and every
-        // writer of object bytes — another transaction's commit — holds an exclusive lock on
-        // them while it writes; this transaction's own writes happen at commit, which takes
-        // `self` by value, so after every reference returned here is gone.
-        Ok(unsafe { raw::pool_ref::<T>(self.pool.raw(), off) })
+        // SAFETY: `off`/`len` were checked to lie in the pool (object regions or the root
+        // entry). We now hold a shared lock on every stripe covering the range until this
+        // transaction ends (`Drop` releases it), and every writer of object bytes — another
+        // transaction's commit — holds an exclusive lock on them while it writes; this
+        // transaction's own writes happen at commit, which takes `self` by value, so after
+        // every reference returned here is gone.
+        Ok(unsafe { raw::pool_bytes(self.pool.raw(), off, len) })
     }
 
     /// A mutable reference to a private copy of the object `p` points to, taken under an
@@ -263,7 +314,9 @@ impl<'p> Tx<'p> {
 
     /// [`Tx::get`] of a checked internal offset (the root entry).
     pub(crate) fn read_internal<T: Pod>(&self, off: u64) -> Result<&T> {
-        self.read_at(off, size_of::<T>() as u64)
+        Ok(bytemuck::from_bytes(
+            self.read_bytes_at(off, size_of::<T>() as u64)?,
+        ))
     }
 
     /// The shadow bytes of `[off, off + len)`, making (or widening) a shadow under an
@@ -317,26 +370,17 @@ impl<'p> Tx<'p> {
     /// Allocates a block for a `T`, initialised to `value`, and returns a pointer to it. The
     /// block exists only in this transaction until commit (which publishes it atomically with
     /// the rest); an abort releases it. Blocks of 64 bytes or more are cache-line aligned.
+    /// A new block's contents are not logged: commit writes them straight into the block
+    /// before its commit point (a crash before it leaves them in a free block).
     ///
     /// # Errors
     /// [`TxError::Alloc`] with [`AllocError::OutOfSpace`] or [`AllocError::TooLarge`];
     /// [`TxError::Misaligned`] for a type aligned to more than 64 bytes; [`TxError::Conflict`];
     /// [`TxError::ReadOnly`].
     pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
-        self.check_writable()?;
-        let size = size_of::<T>().max(1) as u64;
-        if align_of::<T>() > MAX_ALIGN {
-            return Err(TxError::Misaligned {
-                offset: 0,
-                align: align_of::<T>(),
-            });
-        }
-        let r = self.pool.heap().reserve(self.pool.raw(), size)?;
-        let off = r.offset();
-        debug_assert_eq!(off % align_of::<T>() as u64, 0, "blocks are aligned");
-        self.allocs.push(r);
-        let bytes = self.shadow_mut(off, size_of::<T>() as u64)?;
-        bytes.copy_from_slice(bytemuck::bytes_of(&value));
+        let off = self.alloc_bytes(size_of::<T>() as u64, align_of::<T>(), |b| {
+            b.copy_from_slice(bytemuck::bytes_of(&value))
+        })?;
         Ok(PPtr::from_offset(off))
     }
 
@@ -346,6 +390,66 @@ impl<'p> Tx<'p> {
     /// As [`Tx::alloc`].
     pub fn alloc_zeroed<T: Pod>(&mut self) -> Result<PPtr<T>> {
         self.alloc(T::zeroed())
+    }
+
+    /// Allocates a slice initialised with a copy of `data` (as [`Tx::alloc`]). An empty
+    /// `data` gives [`PSlice::EMPTY`] and allocates nothing.
+    ///
+    /// # Errors
+    /// As [`Tx::alloc`].
+    pub fn alloc_slice<T: Pod>(&mut self, data: &[T]) -> Result<PSlice<T>> {
+        if data.is_empty() {
+            return Ok(PSlice::EMPTY);
+        }
+        let len = std::mem::size_of_val(data) as u64;
+        let off = self.alloc_bytes(len, align_of::<T>(), |b| {
+            b.copy_from_slice(bytemuck::cast_slice(data))
+        })?;
+        Ok(PSlice::from_raw_parts(off, data.len() as u64))
+    }
+
+    /// Allocates a slice of `len` all-zero elements (as [`Tx::alloc`]).
+    ///
+    /// # Errors
+    /// As [`Tx::alloc`]; [`TxError::Alloc`] with [`AllocError::TooLarge`] if the byte size
+    /// overflows.
+    pub fn alloc_slice_zeroed<T: Pod>(&mut self, len: u64) -> Result<PSlice<T>> {
+        if len == 0 {
+            return Ok(PSlice::EMPTY);
+        }
+        let bytes = len
+            .checked_mul(size_of::<T>() as u64)
+            .ok_or(TxError::Alloc(AllocError::TooLarge { size: u64::MAX }))?;
+        let off = self.alloc_bytes(bytes, align_of::<T>(), |b| b.fill(0))?;
+        Ok(PSlice::from_raw_parts(off, len))
+    }
+
+    /// Reserves a block of `len` bytes aligned to `align`, locks it, gives it a shadow and
+    /// lets `init` fill the shadow (exactly `len` bytes). Returns its offset.
+    fn alloc_bytes(&mut self, len: u64, align: usize, init: impl FnOnce(&mut [u8])) -> Result<u64> {
+        self.check_writable()?;
+        if align > MAX_ALIGN {
+            return Err(TxError::Misaligned { offset: 0, align });
+        }
+        let r = self.pool.heap().reserve(self.pool.raw(), len.max(1))?;
+        let off = r.offset();
+        debug_assert_eq!(off % align as u64, 0, "blocks are aligned");
+        self.allocs.push(r);
+        if len > 0 {
+            init(self.shadow_mut(off, len)?);
+        }
+        Ok(off)
+    }
+
+    /// Frees the slice's block (as [`Tx::free`]); freeing [`PSlice::EMPTY`] does nothing.
+    ///
+    /// # Errors
+    /// As [`Tx::free`].
+    pub fn free_slice<T>(&mut self, s: PSlice<T>) -> Result<()> {
+        if s.is_empty() && s.offset() == 0 {
+            return Ok(());
+        }
+        self.free(s.as_ptr())
     }
 
     /// Frees the block `p` points to (allocated earlier, in this transaction or a committed
@@ -427,19 +531,26 @@ impl<'p> Tx<'p> {
         };
         let any_dead = !frees.is_empty() || !dead_allocs.is_empty();
 
-        // Runs of changed words, compared against the pool in blocks of CMP bytes.
+        // Blocks allocated by this transaction: written whole and directly (they are free on
+        // the media until the commit point), never diffed (a block cancelled after a failed
+        // publish may hold bytes that are in the cache but not durable).
+        let fresh: Vec<(u64, u64)> = self.allocs.iter().map(|r| (r.offset(), r.size())).collect();
+        let in_fresh = |w: u64| fresh.iter().any(|&(o, s)| o <= w && w < o + s);
+
+        // Runs of changed words of existing objects (logged), and runs of new blocks' words
+        // (written directly); pool bytes compared in blocks of CMP bytes.
         const CMP: usize = 512;
         let mut current = [0u8; CMP];
         let mut ranges: Vec<RedoRange<'_>> = Vec::new();
+        let mut direct: Vec<RedoRange<'_>> = Vec::new();
         for s in &self.shadows {
             let bytes = s.bytes();
-            let mut run: Option<(usize, usize)> = None;
-            let mut push = |a: usize, b: usize| {
-                ranges.push(RedoRange {
-                    target: s.start + a as u64,
-                    data: &bytes[a..b],
-                })
+            let range = |a: usize, b: usize| RedoRange {
+                target: s.start + a as u64,
+                data: &bytes[a..b],
             };
+            let mut run: Option<(usize, usize)> = None;
+            let mut drun: Option<(usize, usize)> = None;
             for block in (0..bytes.len()).step_by(CMP) {
                 let n = CMP.min(bytes.len() - block);
                 // SAFETY: the shadow's lines are under exclusive locks of this transaction
@@ -447,15 +558,28 @@ impl<'p> Tx<'p> {
                 unsafe { raw::read_bytes(raw, s.start + block as u64, &mut current[..n]) };
                 for w in (0..n).step_by(8) {
                     let g = block + w;
-                    if bytes[g..g + 8] == current[w..w + 8]
-                        || (any_dead && is_dead(s.start + g as u64))
-                    {
+                    let addr = s.start + g as u64;
+                    if any_dead && is_dead(addr) {
+                        continue;
+                    }
+                    if !fresh.is_empty() && in_fresh(addr) {
+                        drun = match drun {
+                            Some((a, b)) if b == g => Some((a, g + 8)),
+                            Some((a, b)) => {
+                                direct.push(range(a, b));
+                                Some((g, g + 8))
+                            }
+                            None => Some((g, g + 8)),
+                        };
+                        continue;
+                    }
+                    if bytes[g..g + 8] == current[w..w + 8] {
                         continue;
                     }
                     run = match run {
                         Some((a, b)) if g - b <= 16 => Some((a, g + 8)),
                         Some((a, b)) => {
-                            push(a, b);
+                            ranges.push(range(a, b));
                             Some((g, g + 8))
                         }
                         None => Some((g, g + 8)),
@@ -463,17 +587,32 @@ impl<'p> Tx<'p> {
                 }
             }
             if let Some((a, b)) = run {
-                push(a, b);
+                ranges.push(range(a, b));
+            }
+            if let Some((a, b)) = drun {
+                direct.push(range(a, b));
             }
         }
         info.ranges = ranges.len();
         info.range_bytes = ranges.iter().map(|r| r.data.len() as u64).sum();
+        info.direct_bytes = direct.iter().map(|r| r.data.len() as u64).sum();
         if ranges.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
             return Ok(info);
         }
         let frees: Vec<u64> = self.frees.iter().map(|&(o, _)| o).collect();
         let heap = pool.heap();
         let mut lane = heap.lane();
+        {
+            let (_, ctx) = lane.parts();
+            for d in &direct {
+                // SAFETY: a new block of this transaction: reserved by it (the allocator hands
+                // it to no one else), under its exclusive locks (no reader), free on the media
+                // until the publication below commits. Flushed through the lane's context, whose
+                // next drain (the commit point) makes it durable; this thread issues both
+                // (`Tx` is `!Send`).
+                unsafe { raw.copy_nt_nodrain(ctx, d.target, d.data) };
+            }
+        }
         // SAFETY: one Heap per pool (the Pool's own). Every byte of every range lies in a
         // shadow's lines, under an exclusive lock of this transaction (no other thread reads
         // or writes them, and no reference to them is live: readers of pool bytes hold shared
