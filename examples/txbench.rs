@@ -17,6 +17,7 @@
 //!   and clearing the slot (per pair).
 //! * `atomic_alloc_free`: `Heap::alloc` of 64 bytes into a root slot, then `Heap::free`
 //!   (per pair; no transaction).
+//! * `read_8B`: a read-only transaction (`Pool::read`) reading the 8-byte counter.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +39,8 @@ enum Workload {
     TxAllocFree,
     #[value(name = "atomic_alloc_free")]
     AtomicAllocFree,
+    #[value(name = "read_8B")]
+    Read8B,
 }
 
 impl Workload {
@@ -48,6 +51,7 @@ impl Workload {
             Workload::TxUpdate4x64B => "tx_update_4x64B",
             Workload::TxAllocFree => "tx_alloc_free",
             Workload::AtomicAllocFree => "atomic_alloc_free",
+            Workload::Read8B => "read_8B",
         }
     }
 }
@@ -159,6 +163,10 @@ fn run(pool: &Pool, w: Workload, n: u64) -> Result<String, Box<dyn std::error::E
                     Ok(())
                 })
             }
+            Workload::Read8B => pool.read(|tx| {
+                std::hint::black_box(*tx.get(counter)?);
+                Ok(())
+            }),
             Workload::AtomicAllocFree => {
                 let dest = slot.offset();
                 // SAFETY: single-threaded benchmark: no transaction runs, so this thread owns
@@ -191,6 +199,7 @@ fn run(pool: &Pool, w: Workload, n: u64) -> Result<String, Box<dyn std::error::E
         Workload::TxUpdate8B => c == total,
         Workload::TxUpdate256B => b == total,
         Workload::TxUpdate4x64B => f == total,
+        Workload::Read8B => c == 0,
         Workload::TxAllocFree | Workload::AtomicAllocFree => {
             pool.read(|tx| Ok::<_, TxError>(tx.get(slot)?.is_null()))?
         }
