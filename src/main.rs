@@ -1,31 +1,67 @@
-//! `pmstore`: create and inspect pmstore pools.
+//! `pmstore`: create, inspect, check and dump pmstore pools.
 //!
-//! Exit codes: 0 success; 1 environment or I/O error (missing file, permissions, full disk);
-//! 2 usage error; 3 the file is not a valid pool for this build (corrupt, truncated, foreign,
-//! unsupported version or features, wrong layout); 4 the pool is locked by another process.
+//! Exit codes: 0 success (`check`: clean); 1 environment or I/O error (missing file,
+//! permissions, full disk); 2 usage error; 3 the file is not a valid pool for this build
+//! (corrupt header, truncated, foreign, unsupported version or features, wrong layout); 4 the
+//! pool is locked by another process; 6 no root object yet (`dump-root`); 10 clean but the next
+//! open replays pending redo logs (`check`); 11 corrupt (`check`, `stats`, `dump-root`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
-use pmstore::pool::{
-    CreateOptions, Inspection, ModeRequest, OpenOptions, PersistMode, Pool, PoolError,
-    MIN_POOL_SIZE,
-};
+use cli::{fail, human, parse_size, ReadArgs};
+use pmstore::pool::{CreateOptions, Inspection, ModeRequest, PersistMode, Pool};
 use serde_json::json;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+   0  success; check: the pool is clean
+   1  I/O or environment error (missing file, permissions, full disk, bad PMSTORE_FORCE_MODE)
+   2  usage error
+   3  not a valid pool for this build (corrupt header, truncated, foreign, unsupported
+      version or features, wrong --layout)
+   4  the pool is locked: open read-write by another process (or handle)
+   6  dump-root: the pool has no root object yet
+  10  check: clean, but the next open replays pending redo logs (a crash after a commit
+      point); stats, dump-root: pending logs, and the pool is larger than --max-copy
+  11  corrupt: check, stats and dump-root list what they found
+
+--json prints one JSON object on stdout: \"ok\": false with an \"error\" {kind, message} for
+exit codes 1-4, 6 (dump-root) and 10/11 when dump-root cannot dump; check and stats put their
+verdict in \"status\" (clean, recovery-needed, corrupt) and \"exit_code\". Sizes in JSON are
+exact byte counts.
+PMSTORE_FORCE_MODE=flush|msync overrides the persistence mode (see README).";
+
+const CHECK_HELP: &str = "\
+check opens the pool read-only (shared lock, read-only mapping) and never writes to it. It
+checks:
+  * the header, as `info` does (magic, version, checksum, features, geometry, file size);
+  * every lane's redo log: empty, torn (invalid: cleared at the next open, nothing replayed),
+    valid (replayed at the next open: exit 10) or corrupt (valid checksum, impossible
+    contents: the next open fails; exit 11); duplicate sequence numbers;
+  * the heap: every chunk header decodes, runs and spans neither overlap nor run past the
+    last chunk, free chunks' (and covered chunks') bitmap slots are zero, run bitmaps have
+    no bits past the run's blocks;
+  * the root entry: offset 0 (no root) or the start of a live block of at least its size;
+    the rest of the root area is zero.
+With valid logs pending, the heap and root are checked on an in-memory copy after the same
+recovery the next open runs (pools up to --max-copy), so what is checked is what the next
+open will see. Blocks are reported as live or free: whether a live block is reachable from
+the root depends on the application's types and cannot be checked here.
+A progress bar is drawn on stderr while the heap of a pool larger than 1 GiB is scanned, if
+stderr is a terminal.";
 
 #[derive(Parser)]
 #[command(
     name = "pmstore",
     version,
-    about = "Create and inspect pmstore persistent-memory pools"
-)]
-#[command(
-    after_help = "Exit codes: 0 ok, 1 I/O or environment error, 2 usage error, \
-3 not a valid pool (corrupt, truncated, foreign, unsupported, wrong layout), 4 pool locked.\n\
-PMSTORE_FORCE_MODE=flush|msync overrides the persistence mode (see README)."
+    about = "Create, inspect and check pmstore persistent-memory pools",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +71,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a new pool file (refuses an existing path).
+    #[command(after_help = EXIT_CODES)]
     Create {
         /// Path of the new pool file.
         path: PathBuf,
@@ -51,11 +88,12 @@ enum Command {
         /// then a SIGBUS rather than an error).
         #[arg(long)]
         sparse: bool,
-        /// Print the result as JSON.
+        /// Print the result as JSON (the fields of `info --json`).
         #[arg(long)]
         json: bool,
     },
     /// Show a pool's header, geometry, lock state and the persistence mode an open would use.
+    #[command(after_help = EXIT_CODES)]
     Info {
         /// Path of the pool file.
         path: PathBuf,
@@ -65,6 +103,39 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Check a pool read-only: header, redo logs, heap, root entry.
+    ///
+    /// Exit 0 clean, 10 clean but the next open replays pending redo logs, 11 corrupt.
+    #[command(after_help = format!("{CHECK_HELP}\n\n{EXIT_CODES}"))]
+    Check {
+        #[command(flatten)]
+        args: ReadArgs,
+        /// Also list every live block and span (offset and usable size).
+        #[arg(long)]
+        list_blocks: bool,
+    },
+    /// Show heap usage by size class, redo log usage and the root object (read-only).
+    ///
+    /// Bytes allocated, chunks total and free, live blocks and bytes per size class in use,
+    /// spans; per-lane log states and the largest pending log; the root object's offset and
+    /// size. Exit 0, or 10/11 as for check when the heap cannot be examined or is corrupt.
+    #[command(after_help = EXIT_CODES)]
+    Stats {
+        #[command(flatten)]
+        args: ReadArgs,
+    },
+    /// Print the root object's bytes in hex (read-only).
+    ///
+    /// xxd-like lines: offset in the object, 16 bytes in hex, the same as ASCII. Exit 6 if
+    /// the pool has no root object yet, 11 if its root entry is corrupt.
+    #[command(after_help = EXIT_CODES)]
+    DumpRoot {
+        #[command(flatten)]
+        args: ReadArgs,
+        /// Show at most this many bytes (e.g. 64, 4K; default: the whole object).
+        #[arg(long, value_name = "N", value_parser = parse_size)]
+        len: Option<u64>,
     },
     /// Demonstrate durable stores: create (or reopen) a pool, persist records, reopen, verify.
     Demo {
@@ -94,36 +165,6 @@ impl From<Mode> for ModeRequest {
             Mode::Msync => ModeRequest::Msync,
         }
     }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(s)
-        .map_err(|e| format!("{e}"))
-}
-
-fn human(n: u64) -> String {
-    format!("{} ({n} bytes)", ByteSize(n).display().iec())
-}
-
-fn exit_code(e: &PoolError) -> u8 {
-    match e {
-        PoolError::Locked { .. } => 4,
-        e if e.is_invalid_pool() => 3,
-        _ => 1,
-    }
-}
-
-fn fail(e: &PoolError, json: bool) -> ExitCode {
-    if json {
-        println!(
-            "{}",
-            json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string()}})
-        );
-    }
-    eprintln!("pmstore: error: {e}");
-    ExitCode::from(exit_code(e))
 }
 
 fn mode_note(mode: PersistMode) -> &'static str {
@@ -245,93 +286,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e, json),
         },
-        Command::Demo { path, records } => match demo(path, records) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e, false),
-        },
-    }
-}
-
-const DEMO_LAYOUT: &str = "pmstore-demo";
-const RECORD: u64 = 64;
-
-/// Persists `records` 64-byte records into the heap of a demo pool, one durability point each,
-/// and a run counter in the root area; reopens and verifies them.
-fn demo(path: Option<PathBuf>, records: u64) -> Result<(), PoolError> {
-    let path = path
-        .or_else(|| std::env::var_os("PMSTORE_POOL").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("demo.pool"));
-    let pool = match Pool::open(&path, &OpenOptions::new(DEMO_LAYOUT)) {
-        Ok(p) => {
-            println!("opened {}", path.display());
-            p
-        }
-        Err(PoolError::NotFound { .. }) => {
-            println!(
-                "creating {} ({})",
-                path.display(),
-                ByteSize(MIN_POOL_SIZE * 8).display().iec()
-            );
-            Pool::create(&path, &CreateOptions::new(DEMO_LAYOUT, MIN_POOL_SIZE * 8))?
-        }
-        Err(e) => return Err(e),
-    };
-    let mode = pool.persistence();
-    let instr = pool
-        .flush_instr()
-        .map_or(String::new(), |i| format!(", {}", i.name()));
-    println!("persistence mode: {mode}{instr} — {}", mode_note(mode));
-    let g = pool.geometry();
-    let records = records.min(g.heap_size / RECORD);
-    let mut ctx = pool.flush_context();
-
-    // The run counter: a u64 at the start of the root area.
-    let mut run = [0u8; 8];
-    // SAFETY: this process holds the pool's exclusive lock and touches it from one thread.
-    unsafe { pool.read(g.root_offset, &mut run) };
-    let run = u64::from_le_bytes(run) + 1;
-
-    let start = Instant::now();
-    for i in 0..records {
-        let mut rec = [0u8; RECORD as usize];
-        rec[..8].copy_from_slice(&run.to_le_bytes());
-        rec[8..16].copy_from_slice(&i.to_le_bytes());
-        // SAFETY: as above.
-        unsafe { pool.write(g.heap_offset + i * RECORD, &rec) };
-        pool.persist(&mut ctx, g.heap_offset + i * RECORD, RECORD)?;
-    }
-    let elapsed = start.elapsed();
-    // SAFETY: as above.
-    unsafe { pool.write(g.root_offset, &run.to_le_bytes()) };
-    pool.persist(&mut ctx, g.root_offset, 8)?;
-    let c = ctx.counters();
-    let n = records.max(1) as f64;
-    println!(
-        "run #{run}: persisted {records} records of {RECORD} B in {:.1} ms: {:.0} ns/record, {:.2} lines flushed, {:.2} drains, {:.2} msyncs per record",
-        elapsed.as_secs_f64() * 1e3,
-        elapsed.as_nanos() as f64 / n,
-        c.lines_flushed as f64 / n,
-        c.drains as f64 / n,
-        c.msync_calls as f64 / n,
-    );
-    drop(pool);
-
-    let pool = Pool::open(&path, &OpenOptions::new(DEMO_LAYOUT).read_only(true))?;
-    let mut bad = 0;
-    for i in 0..records {
-        let mut rec = [0u8; 16];
-        // SAFETY: read-only handle; no writer can hold the pool while we do.
-        unsafe { pool.read(g.heap_offset + i * RECORD, &mut rec) };
-        if rec[..8] != run.to_le_bytes() || rec[8..] != i.to_le_bytes() {
-            bad += 1;
-        }
-    }
-    if bad == 0 {
-        println!("reopened and verified all {records} records of run #{run}");
-        println!("run `pmstore demo` again: the run counter survives; `pmstore info {}` shows the header", path.display());
-        Ok(())
-    } else {
-        eprintln!("pmstore: {bad} of {records} records did not survive the reopen");
-        std::process::exit(1)
+        Command::Check { args, list_blocks } => cli::check::run(&args, list_blocks),
+        Command::Stats { args } => cli::stats::run(&args),
+        Command::DumpRoot { args, len } => cli::dump::run(&args, len),
+        Command::Demo { path, records } => cli::demo::demo(path, records),
     }
 }

@@ -14,9 +14,15 @@ use pmstore_pool::{FlushContext, Pool};
 use crate::classes::{self, SizeClass};
 use crate::heap::{ChunkHeader, HeapCorruption, HeapGeometry, CHUNK, SCAN_GROUP};
 use crate::primitive::{lock, Mutex, MutexGuard};
-use crate::redo::{LaneLog, RecoveryReport, RedoEntry, RedoLogs, RedoRange};
+use crate::redo::{
+    range_slots, LaneLog, RecoveryReport, RedoEntry, RedoLogs, RedoRange, EXT_ALIGN,
+    REDO_ENTRY_SIZE,
+};
 use crate::volatile::{LanePool, RunBits};
 use crate::{AllocError, Result, TargetError};
+
+/// A log extension of this size or more is a span (chunks) rather than a block of a run.
+const EXT_SPAN_MIN: u64 = 16 << 10;
 
 /// Volatile state of one run.
 #[derive(Debug)]
@@ -489,26 +495,44 @@ impl Heap {
         Ok(())
     }
 
-    /// Commits `entries` through `lane`, or through a lane taken from the pool for the call.
+    /// Commits `entries` through `lane`, or through a lane taken from the pool for the call,
+    /// with the log extension `ext` if the log needs one.
     ///
     /// # Safety
-    /// As [`LaneLog::commit`]: the caller owns every target exclusively.
+    /// As [`LaneLog::commit_ops_ext`]: the caller owns every target and `ext` exclusively.
     unsafe fn commit(
         &self,
         pool: &Pool,
         lane: Option<&mut Lane>,
         entries: &[RedoEntry],
         ranges: &[RedoRange<'_>],
+        ext: Option<(u64, u64)>,
     ) -> Result<()> {
         if let Some(l) = lane {
             // SAFETY: forwarded from the caller; one RedoLogs per pool (the Heap's own).
-            return unsafe { l.log.commit_ops(pool, &mut l.ctx, entries, ranges) }.map(|_| ());
+            return unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }
+                .map(|_| ());
         }
         let mut l = self.lanes.take_near(thread_index());
         // SAFETY: as above.
-        let r = unsafe { l.log.commit_ops(pool, &mut l.ctx, entries, ranges) };
+        let r = unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) };
         self.lanes.put_near(thread_index(), l);
         r.map(|_| ())
+    }
+
+    /// Reserves a log extension of at least `bytes` bytes (`docs/REDO.md` §4): a span when it
+    /// is large (no run is opened for it), else a block (at least 64 bytes, so it starts on a
+    /// cache line), falling back to the other kind when the heap has no room for the first.
+    /// Never published: cancelled (dropped) after the commit.
+    fn reserve_extension(&self, pool: &Pool, bytes: u64) -> Result<Reservation> {
+        let bytes = bytes.max(EXT_ALIGN);
+        if bytes >= EXT_SPAN_MIN {
+            match self.reserve_span(pool, bytes) {
+                Err(AllocError::OutOfSpace { .. }) if bytes <= classes::MAX_CLASS => {}
+                r => return r,
+            }
+        }
+        self.reserve(pool, bytes)
     }
 
     fn check_dest(&self, index: usize, dest: u64) -> Result<()> {
@@ -739,6 +763,10 @@ impl Heap {
     /// it happened or none. Bitmap words touched by several items are written once with their
     /// final value. Takes a lane for the call (see [`Heap::publish_with`]).
     ///
+    /// A log larger than the lane goes on in an extension: a block or span reserved for the
+    /// commit and cancelled right after it (`docs/REDO.md` §2.4, §6.6), so the size of a
+    /// publication is bounded by the heap's free space only; still two drains.
+    ///
     /// On success `reservations` is emptied (the blocks are allocated). On error nothing was
     /// written, the volatile state is unchanged and `reservations` is left as it was (still
     /// reserved: publish again, or cancel them).
@@ -754,9 +782,10 @@ impl Heap {
     /// # Errors
     /// [`AllocError::InvalidTarget`] for a bad target (`index` = its index in `words`);
     /// [`AllocError::InvalidFree`] / [`AllocError::DoubleFree`] as [`Heap::free`] (also for an
-    /// offset given twice); [`AllocError::LogFull`] if the commit needs more than
-    /// [`crate::redo::REDO_CAPACITY`] entries; [`AllocError::CorruptHeap`]; the redo log's
-    /// errors. In every error case nothing was written.
+    /// offset given twice); [`AllocError::OutOfSpace`] (or [`AllocError::TooLarge`]) if the
+    /// log is too large for the lane ([`crate::redo::RedoLayout::capacity`] slots) and the heap
+    /// has no room for its extension; [`AllocError::CorruptHeap`]; the redo log's errors. In every error case
+    /// nothing was written.
     ///
     /// # Panics
     /// If `pool` is not the pool this heap was opened on, or a reservation was made by another
@@ -881,6 +910,26 @@ impl Heap {
         for (i, r) in ranges.iter().enumerate() {
             self.check_range(words.len() + i, r.target, r.data.len() as u64)?;
         }
+        // A log too large for the lane goes on in an extension, reserved now (before any lock
+        // is taken: `reserve` takes arena and run locks) for the largest number of slots this
+        // publication can need: per reservation or free a bitmap word and a run or span
+        // header, per candidate a header, then the words and ranges. A publication that turns
+        // out to fit the lane does not use it. Cancelled (dropped) after the commit, success
+        // or not, once every lock below is released (`docs/REDO.md` §6.6).
+        let bound = 2 * (reservations.len() + frees.len())
+            + candidates.len()
+            + words.len()
+            + ranges
+                .iter()
+                .map(|r| range_slots(r.data.len()))
+                .sum::<usize>();
+        let ext_bytes = self.logs.layout().ext_slots(bound) as u64 * REDO_ENTRY_SIZE;
+        let ext = if ext_bytes == 0 {
+            None
+        } else {
+            Some(self.reserve_extension(pool, ext_bytes)?)
+        };
+        let ext_region = ext.as_ref().map(|r| (r.offset(), r.size()));
         if frees.len() > 1 {
             let mut sorted = frees.to_vec();
             sorted.sort_unstable();
@@ -1022,8 +1071,9 @@ impl Heap {
         // SAFETY: the runs' headers and bitmap words are owned by their locks (held, a new
         // run's header too); the headers of reserved spans by their reservations (taken from
         // the free extents); those of freed spans and released runs by the chunk-allocator
-        // lock (held); the extra words by the caller.
-        unsafe { self.commit(pool, lane, &entries, ranges) }?;
+        // lock (held); the extra words by the caller. The extension is ours alone: reserved
+        // above (so no other thread reserves or writes it), never published.
+        unsafe { self.commit(pool, lane, &entries, ranges, ext_region) }?;
 
         // Committed: update the volatile state.
         let mut relist = Vec::new();
@@ -1068,6 +1118,9 @@ impl Heap {
                 arena[usize::from(run.class.id)].push(run);
             }
         }
+        // The log no longer needs its extension (it is stale: its values are durable), so the
+        // block is free again at once, with no lock held (`docs/REDO.md` §6.6).
+        drop(ext);
         Ok(())
     }
 

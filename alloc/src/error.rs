@@ -12,13 +12,26 @@ pub enum AllocError {
     /// An error of the pool layer (I/O, msync failure, poisoned pool, ...).
     #[error(transparent)]
     Pool(#[from] PoolError),
-    /// A redo log was asked to hold more than fits in its region. Nothing was written.
+    /// A redo log was asked to hold more than fits in its region (and the extension it was
+    /// given, if any). Nothing was written.
     #[error("redo log full: {needed} slots of 16 bytes requested, capacity is {capacity}")]
     LogFull {
         /// Slots requested (one per word entry; one plus the data's 16-byte slots per range).
         needed: usize,
-        /// Slots a lane's redo log holds ([`crate::redo::RedoLayout::capacity`]).
+        /// Slots a lane's redo log holds ([`crate::redo::RedoLayout::capacity`]), plus those of
+        /// the extension given to the commit.
         capacity: usize,
+    },
+    /// The region given to a redo commit as its log's extension cannot hold one
+    /// ([`crate::redo::RedoLayout::check_extension`]). Nothing was written.
+    #[error("redo log extension of {len} bytes at {offset:#x} is invalid: {reason}")]
+    InvalidExtension {
+        /// The region's offset.
+        offset: u64,
+        /// The bytes of it the log needed.
+        len: u64,
+        /// What is wrong with it.
+        reason: TargetError,
     },
     /// A redo entry passed to `commit` names a word (or range) that redo logs may not modify.
     /// Nothing was written. (`index` counts word entries first, then ranges.)
@@ -115,12 +128,22 @@ pub enum TargetError {
         /// That lane.
         lane: u32,
     },
-    /// A range entry's length is zero or not a multiple of 8.
+    /// A range entry's length is zero or not a multiple of 8 (for a log extension: not a
+    /// multiple of 16).
     #[error("range length {len} is zero or not a multiple of 8")]
     BadLength {
         /// The length.
         len: u64,
     },
+    /// A log extension does not start on a cache line.
+    #[error("not 64-byte (cache line) aligned")]
+    NotLineAligned,
+    /// A log extension lies (partly) outside the heap's data area.
+    #[error("outside the heap's data area")]
+    OutsideHeapData,
+    /// A target lies inside the extension of the log that writes it.
+    #[error("inside the log's own extension")]
+    InLogExtension,
 }
 
 /// What is wrong with a redo log whose checksum is valid (see [`AllocError::CorruptLog`]).
@@ -159,6 +182,25 @@ pub enum CorruptReason {
     WordAfterRange {
         /// Index of the entry.
         index: usize,
+    },
+    /// The log's extension does not lie where extensions may
+    /// ([`crate::redo::RedoLayout::check_extension`]).
+    #[error("extension of {ext_len} bytes at {ext:#x}: {error}")]
+    BadExtension {
+        /// The header's `ext`.
+        ext: u64,
+        /// The header's `ext_len`.
+        ext_len: u64,
+        /// What is wrong with it.
+        error: TargetError,
+    },
+    /// An entry targets bytes inside the log's own extension.
+    #[error("entry {index}: target {target:#x} inside the log's own extension")]
+    TargetInExtension {
+        /// Index of the entry.
+        index: usize,
+        /// Its target.
+        target: u64,
     },
     /// Another valid log has the same sequence number, so replay order is undefined.
     #[error("lane {other_lane} has a valid log with the same sequence number")]

@@ -6,7 +6,9 @@
 //!   shared by all lanes (the sequence counter and the pending-invalidation set).
 //! * [`RedoLogs::lane`] hands out the one [`LaneLog`] of a lane; [`LaneLog::commit`] writes a
 //!   log, makes it durable (the commit point), applies it and invalidates it, with exactly two
-//!   drains.
+//!   drains. [`LaneLog::commit_ops_ext`] takes a log of any size: past the lane's capacity it
+//!   goes on in an **extension**, a region of the heap's data area the caller lends for the
+//!   call (the allocator reserves a block and cancels it afterwards; `docs/REDO.md` §2.4, §6.6).
 
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use crossbeam_utils::CachePadded;
 use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE, NT_THRESHOLD};
 
 use crate::error::{AllocError, CorruptReason, Result, TargetError};
+use crate::heap::HeapGeometry;
 
 /// The smallest lane (and so redo log region) a pool may have. A lane's log region is the
 /// whole lane ([`RedoLayout::log_size`]).
@@ -35,21 +38,38 @@ pub const RANGE_FLAG: u64 = 1;
 /// The checksum covers the header from this offset (everything after the checksum field).
 const CRC_START: usize = 4;
 /// Size of the reserved tail of the header.
-const RESERVED: usize = 48;
+const RESERVED: usize = 32;
+/// A log extension starts on a cache line (`docs/REDO.md` §2.4).
+pub const EXT_ALIGN: u64 = CACHE_LINE;
+/// The commit writes a log's slots in whole cache lines through a staging buffer of this size
+/// (bounded scratch memory whatever the log's size) ...
+const STAGE: usize = 4096;
+/// ... except that range data of this size or more is written straight from the caller's
+/// slice (its whole lines; the partial lines at its ends go through the staging buffer).
+const DIRECT_MIN: usize = 512;
 
 /// The redo log header, byte for byte (little-endian), at offset 0 of the log region.
 ///
 /// `checksum` and `count` form the first 8-byte word, so a log is invalidated by one atomic
 /// 8-byte store of zero.
+///
+/// The log's **slot stream** is the `min(count, capacity)` slots in the lane after the header,
+/// followed (only when `ext != 0`) by the `ext_len / 16` slots of its **extension**, a block of
+/// the heap's data area (`docs/REDO.md` §2.4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct RedoHeader {
-    /// CRC-32C of header bytes `[4, 64)` followed by the `count` slots.
+    /// CRC-32C of header bytes `[4, 64)` followed by the `count` slots of the slot stream.
     pub checksum: u32,
-    /// Number of 16-byte slots after the header, `1..=capacity` in a valid log; 0 = no log.
+    /// Number of 16-byte slots in the slot stream: `1..=capacity` in a valid log without an
+    /// extension, `> capacity` with one; 0 = no log.
     pub count: u32,
     /// Pool-wide sequence number of the log (>= 1): replay order.
     pub seq: u64,
+    /// Pool offset of the log's extension, 0 = none (a log that fits its lane).
+    pub ext: u64,
+    /// Bytes of slots in the extension: `16 × (count − capacity)` if `ext != 0`, else 0.
+    pub ext_len: u64,
     /// Must be zero.
     pub reserved: [u8; RESERVED],
 }
@@ -70,7 +90,9 @@ const _: () = {
     assert!(offset_of!(RedoHeader, checksum) == 0);
     assert!(offset_of!(RedoHeader, count) == 4);
     assert!(offset_of!(RedoHeader, seq) == 8);
-    assert!(offset_of!(RedoHeader, reserved) == 16);
+    assert!(offset_of!(RedoHeader, ext) == 16);
+    assert!(offset_of!(RedoHeader, ext_len) == 24);
+    assert!(offset_of!(RedoHeader, reserved) == 32);
     assert!(size_of::<RedoEntry>() == REDO_ENTRY_SIZE as usize);
     assert!(offset_of!(RedoEntry, target) == 0);
     assert!(offset_of!(RedoEntry, value) == 8);
@@ -116,16 +138,19 @@ pub const fn range_slots(len: usize) -> usize {
     1 + len.div_ceil(REDO_ENTRY_SIZE as usize)
 }
 
-/// The slots (body) of a log holding `words` then `ranges`, as [`LaneLog::commit_ops`] writes
-/// them after the header.
-pub fn encode_body(words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    encode_body_into(&mut body, words, ranges);
-    body
+/// Slots a log of `words` word entries and `ranges` takes ([`range_slots`] per range).
+pub fn slots_needed(words: usize, ranges: &[RedoRange<'_>]) -> usize {
+    words
+        + ranges
+            .iter()
+            .map(|r| range_slots(r.data.len()))
+            .sum::<usize>()
 }
 
-fn encode_body_into(body: &mut Vec<u8>, words: &[RedoEntry], ranges: &[RedoRange<'_>]) {
-    body.clear();
+/// The slots (body, the slot stream) of a log holding `words` then `ranges`, as
+/// [`LaneLog::commit_ops`] writes them after the header (and on into the extension).
+pub fn encode_body(words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
     body.extend_from_slice(bytemuck::cast_slice(words));
     for r in ranges {
         body.extend_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
@@ -133,6 +158,7 @@ fn encode_body_into(body: &mut Vec<u8>, words: &[RedoEntry], ranges: &[RedoRange
         body.extend_from_slice(r.data);
         body.resize(body.len().next_multiple_of(REDO_ENTRY_SIZE as usize), 0);
     }
+    body
 }
 
 impl RedoHeader {
@@ -142,18 +168,28 @@ impl RedoHeader {
         RedoHeader::for_body(seq, bytemuck::cast_slice(entries))
     }
 
-    /// A header for a log whose slots are `body` (a multiple of 16 bytes), checksum filled in.
+    /// A header for a log whose slots are `body` (a multiple of 16 bytes), all in the lane (no
+    /// extension), checksum filled in.
     pub fn for_body(seq: u64, body: &[u8]) -> RedoHeader {
+        RedoHeader::for_stream(seq, body, 0, 0)
+    }
+
+    /// A header for a log whose slot stream is `body` (a multiple of 16 bytes) with an
+    /// extension at pool offset `ext` holding its last `ext_len` bytes (`ext = 0`,
+    /// `ext_len = 0`: none), checksum filled in. The header says what it is given: nothing is
+    /// checked (to build invalid media states too).
+    pub fn for_stream(seq: u64, body: &[u8], ext: u64, ext_len: u64) -> RedoHeader {
         debug_assert_eq!(body.len() % REDO_ENTRY_SIZE as usize, 0);
         let slots = body.len() / REDO_ENTRY_SIZE as usize;
         let mut h = RedoHeader {
             checksum: 0,
             count: u32::try_from(slots).expect("slot count fits a u32"),
             seq,
+            ext,
+            ext_len,
             reserved: [0; RESERVED],
         };
-        let crc = crc32c::crc32c(&bytemuck::bytes_of(&h)[CRC_START..]);
-        h.checksum = crc32c::crc32c_append(crc, body);
+        h.checksum = crc32c::crc32c_append(h.crc_seed(), body);
         h
     }
 
@@ -161,12 +197,25 @@ impl RedoHeader {
     pub fn word(&self) -> u64 {
         u64::from(self.checksum) | u64::from(self.count) << 32
     }
+
+    /// The CRC-32C of header bytes `[4, 64)`: where the log's checksum starts.
+    fn crc_seed(&self) -> u32 {
+        crc32c::crc32c(&bytemuck::bytes_of(self)[CRC_START..])
+    }
+
+    /// Where this header says its slot stream lies: `Ok(None)` for a log held by its lane,
+    /// `Ok(Some((ext, ext_len)))` for one with an extension, `Err` if `count`, `ext` and
+    /// `ext_len` are inconsistent or the extension does not lie inside the pool (the log is
+    /// then invalid: its checksum cannot even be computed). `docs/REDO.md` §2.3.
+    pub fn extension(&self, layout: &RedoLayout) -> Result<Option<(u64, u64)>, Invalid> {
+        extent(self, layout).map(|x| (x.ext_len != 0).then_some((x.ext, x.ext_len)))
+    }
 }
 
-/// The checksum of a log: CRC-32C of header bytes `[4, 64)` followed by `entries`.
+/// The checksum of a log without an extension: CRC-32C of header bytes `[4, 64)` followed by
+/// `entries`.
 pub fn log_checksum(header: &RedoHeader, entries: &[RedoEntry]) -> u32 {
-    let crc = crc32c::crc32c(&bytemuck::bytes_of(header)[CRC_START..]);
-    crc32c::crc32c_append(crc, bytemuck::cast_slice(entries))
+    crc32c::crc32c_append(header.crc_seed(), bytemuck::cast_slice(entries))
 }
 
 /// The bytes of a complete log (header then entries), as [`LaneLog::commit`] writes them.
@@ -175,14 +224,39 @@ pub fn encode_log(seq: u64, entries: &[RedoEntry]) -> Vec<u8> {
     encode_log_ops(seq, entries, &[])
 }
 
-/// The bytes of a complete log of word entries then range entries, as
-/// [`LaneLog::commit_ops`] writes them.
+/// The bytes of a complete log of word entries then range entries, all in the lane (however
+/// long), as [`LaneLog::commit_ops`] writes a log that fits its lane.
 pub fn encode_log_ops(seq: u64, words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
     let body = encode_body(words, ranges);
     let h = RedoHeader::for_body(seq, &body);
     let mut v = bytemuck::bytes_of(&h).to_vec();
     v.extend_from_slice(&body);
     v
+}
+
+/// A log of word entries then range entries as [`LaneLog::commit_ops_ext`] writes it in a lane
+/// of `capacity` slots with its extension at pool offset `ext`: returns the bytes of the lane
+/// (header and in-lane slots) and the bytes of the extension. A log of at most `capacity`
+/// slots has no extension (`ext` is not used; the second part is empty).
+pub fn encode_log_ext(
+    seq: u64,
+    words: &[RedoEntry],
+    ranges: &[RedoRange<'_>],
+    capacity: usize,
+    ext: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let body = encode_body(words, ranges);
+    let in_lane = capacity * REDO_ENTRY_SIZE as usize;
+    if body.len() <= in_lane {
+        let h = RedoHeader::for_body(seq, &body);
+        let mut v = bytemuck::bytes_of(&h).to_vec();
+        v.extend_from_slice(&body);
+        return (v, Vec::new());
+    }
+    let h = RedoHeader::for_stream(seq, &body, ext, (body.len() - in_lane) as u64);
+    let mut v = bytemuck::bytes_of(&h).to_vec();
+    v.extend_from_slice(&body[..in_lane]);
+    (v, body[in_lane..].to_vec())
 }
 
 /// Where the redo logs lie in a pool, and which words they may target.
@@ -192,6 +266,10 @@ pub struct RedoLayout {
     lanes_offset: u64,
     lane_count: u32,
     lane_size: u32,
+    /// The heap's data area `[D, D + N × CHUNK)` (`docs/ALLOC.md` §1), where log extensions
+    /// lie.
+    data_start: u64,
+    data_end: u64,
 }
 
 impl RedoLayout {
@@ -206,11 +284,14 @@ impl RedoLayout {
                 needed: REDO_LOG_SIZE,
             });
         }
+        let heap = HeapGeometry::new(geometry.heap_offset, geometry.heap_size);
         Ok(RedoLayout {
             pool_size,
             lanes_offset: geometry.lanes_offset,
             lane_count: geometry.lane_count,
             lane_size: geometry.lane_size,
+            data_start: heap.data,
+            data_end: heap.data_end().min(pool_size),
         })
     }
 
@@ -269,13 +350,49 @@ impl RedoLayout {
         }
         Ok(())
     }
+
+    /// The heap's data area `[start, end)`: where a log extension may lie.
+    pub fn extension_area(&self) -> (u64, u64) {
+        (self.data_start, self.data_end)
+    }
+
+    /// Slots a log of `slots` slots stores in an extension: 0 if it fits the lane.
+    pub fn ext_slots(&self, slots: usize) -> usize {
+        slots.saturating_sub(self.capacity())
+    }
+
+    /// Checks that `[offset, offset + len)` may hold a log extension: `offset` a multiple of
+    /// [`EXT_ALIGN`], `len` a positive multiple of 16, inside the heap's data area (so inside
+    /// the pool, and outside the header page, the lanes and the heap metadata).
+    pub fn check_extension(&self, offset: u64, len: u64) -> Result<(), TargetError> {
+        if offset % EXT_ALIGN != 0 {
+            return Err(TargetError::NotLineAligned);
+        }
+        if len == 0 || len % REDO_ENTRY_SIZE != 0 {
+            return Err(TargetError::BadLength { len });
+        }
+        self.check_range(offset, len)?;
+        if offset < self.data_start || offset + len > self.data_end {
+            return Err(TargetError::OutsideHeapData);
+        }
+        Ok(())
+    }
 }
 
 /// Why a log is not valid (and so never replayed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invalid {
-    /// `count` is 0 (with a non-zero checksum) or above the layout's capacity.
+    /// `count` is 0 (with a non-zero checksum), or above the layout's capacity without an
+    /// extension (or above the slots the region given to [`decode_log`] holds).
     BadCount(u32),
+    /// `ext` and `ext_len` are inconsistent with `count` (`docs/REDO.md` §2.3), or the extension
+    /// does not lie inside the pool, or its bytes were not given to [`decode_log_ext`].
+    BadExtension {
+        /// The header's `ext`.
+        ext: u64,
+        /// The header's `ext_len`.
+        ext_len: u64,
+    },
     /// The stored checksum does not match the contents.
     ChecksumMismatch {
         /// The stored checksum.
@@ -304,62 +421,127 @@ pub enum LogState {
     },
 }
 
-/// Decodes the log region of lane `lane` (`region` is the whole region,
-/// [`RedoLayout::log_size`] bytes, or at least its first `64 + 16 × count` bytes). Never
-/// panics on any contents.
-///
-/// # Errors
-/// [`AllocError::CorruptLog`] if the checksum is valid but a field is not: sequence number 0,
-/// a non-zero reserved byte, an invalid word target ([`RedoLayout::check_target`]) or range
-/// ([`RedoLayout::check_range`]), a range whose data runs past the last slot, or a word entry
-/// after a range entry.
-///
-/// # Panics
-/// If `region` is shorter than the header or longer than [`RedoLayout::log_size`].
-pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogState> {
-    assert!(
-        region.len() >= REDO_HEADER_SIZE as usize && region.len() as u64 <= layout.log_size(),
-        "a log region"
-    );
-    let header: RedoHeader = bytemuck::pod_read_unaligned(&region[..REDO_HEADER_SIZE as usize]);
-    if header.word() == 0 {
-        return Ok(LogState::Empty);
+/// Where a header's slot stream lies (the checks that come before the checksum).
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    /// Slots in the lane.
+    in_lane: usize,
+    /// The extension's pool offset and length in bytes (`0, 0`: none).
+    ext: u64,
+    ext_len: u64,
+}
+
+impl Extent {
+    /// Bytes of slots in the lane.
+    fn lane_bytes(&self) -> usize {
+        self.in_lane * REDO_ENTRY_SIZE as usize
     }
-    let count = header.count as usize;
-    let end = REDO_HEADER_SIZE as usize + count * REDO_ENTRY_SIZE as usize;
-    if count == 0 || count > layout.capacity() || end > region.len() {
-        return Ok(LogState::Invalid(Invalid::BadCount(header.count)));
+}
+
+/// The checks that must pass before the checksum can be computed: `count > 0`; without an
+/// extension (`ext = 0`), `count <= capacity` and `ext_len = 0`; with one, `count > capacity`,
+/// `ext_len = 16 × (count − capacity)` and `[ext, ext + ext_len)` inside the pool. Anything
+/// else is invalid, whatever the checksum says: a torn or stale header may point anywhere.
+fn extent(h: &RedoHeader, layout: &RedoLayout) -> Result<Extent, Invalid> {
+    let count = h.count as usize;
+    let capacity = layout.capacity();
+    let bad_ext = Invalid::BadExtension {
+        ext: h.ext,
+        ext_len: h.ext_len,
+    };
+    if count == 0 {
+        return Err(Invalid::BadCount(h.count));
     }
-    let computed = crc32c::crc32c(&region[CRC_START..end]);
-    if computed != header.checksum {
-        return Ok(LogState::Invalid(Invalid::ChecksumMismatch {
-            stored: header.checksum,
-            computed,
-        }));
+    if h.ext == 0 {
+        if count > capacity {
+            return Err(Invalid::BadCount(h.count));
+        }
+        if h.ext_len != 0 {
+            return Err(bad_ext);
+        }
+        return Ok(Extent {
+            in_lane: count,
+            ext: 0,
+            ext_len: 0,
+        });
     }
+    // count <= u32::MAX, so 16 × count cannot overflow.
+    if count <= capacity || h.ext_len != ((count - capacity) as u64) * REDO_ENTRY_SIZE {
+        return Err(bad_ext);
+    }
+    if h.ext
+        .checked_add(h.ext_len)
+        .map_or(true, |e| e > layout.pool_size)
+    {
+        return Err(bad_ext);
+    }
+    Ok(Extent {
+        in_lane: capacity,
+        ext: h.ext,
+        ext_len: h.ext_len,
+    })
+}
+
+/// The checks of a log whose checksum matched, before its entries: sequence number, reserved
+/// bytes, where its extension lies.
+fn check_header(h: &RedoHeader, x: &Extent, lane: u32, layout: &RedoLayout) -> Result<()> {
     let corrupt = |reason| AllocError::CorruptLog {
         lane,
-        seq: header.seq,
+        seq: h.seq,
         reason,
     };
-    if header.seq == 0 {
+    if h.seq == 0 {
         return Err(corrupt(CorruptReason::ZeroSeq));
     }
-    if let Some(i) = header.reserved.iter().position(|&b| b != 0) {
+    if let Some(i) = h.reserved.iter().position(|&b| b != 0) {
         return Err(corrupt(CorruptReason::ReservedNotZero {
             offset: offset_of!(RedoHeader, reserved) + i,
         }));
     }
-    let body = &region[REDO_HEADER_SIZE as usize..end];
-    let mut entries = Vec::new();
-    let mut ranges = Vec::new();
+    if x.ext_len != 0 {
+        layout.check_extension(x.ext, x.ext_len).map_err(|error| {
+            corrupt(CorruptReason::BadExtension {
+                ext: x.ext,
+                ext_len: x.ext_len,
+                error,
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// A decoded slot stream: word entries, and range entries as `(target, start, len)` of their
+/// data within the stream.
+#[derive(Debug, Default)]
+struct Parsed {
+    words: Vec<RedoEntry>,
+    ranges: Vec<(u64, usize, usize)>,
+}
+
+/// Decodes the slot stream `body` of a log whose checksum matched (`docs/REDO.md` §2.2).
+fn parse(
+    body: &[u8],
+    h: &RedoHeader,
+    x: &Extent,
+    lane: u32,
+    layout: &RedoLayout,
+) -> Result<Parsed> {
+    let corrupt = |reason| AllocError::CorruptLog {
+        lane,
+        seq: h.seq,
+        reason,
+    };
+    // A log never targets its own extension (its commit would overwrite its own log while
+    // applying it).
+    let in_ext = |t: u64, len: u64| x.ext_len != 0 && t < x.ext + x.ext_len && x.ext < t + len;
+    let mut out = Parsed::default();
     let mut pos = 0;
     let mut index = 0;
     while pos < body.len() {
         let e: RedoEntry = bytemuck::pod_read_unaligned(&body[pos..pos + 16]);
         pos += 16;
         if e.target & RANGE_FLAG == 0 {
-            if !ranges.is_empty() {
+            if !out.ranges.is_empty() {
                 return Err(corrupt(CorruptReason::WordAfterRange { index }));
             }
             layout.check_target(e.target).map_err(|error| {
@@ -369,7 +551,13 @@ pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogSt
                     error,
                 })
             })?;
-            entries.push(e);
+            if in_ext(e.target, 8) {
+                return Err(corrupt(CorruptReason::TargetInExtension {
+                    index,
+                    target: e.target,
+                }));
+            }
+            out.words.push(e);
         } else {
             let target = e.target & !RANGE_FLAG;
             let bad = |error| {
@@ -387,19 +575,104 @@ pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogSt
             if padded > (body.len() - pos) as u64 {
                 return Err(corrupt(CorruptReason::RangePastEnd { index, len }));
             }
-            let len = len as usize;
-            ranges.push(RangeEntry {
-                target,
-                data: body[pos..pos + len].to_vec(),
-            });
+            if in_ext(target, len) {
+                return Err(corrupt(CorruptReason::TargetInExtension { index, target }));
+            }
+            out.ranges.push((target, pos, len as usize));
             pos += padded as usize;
         }
         index += 1;
     }
+    Ok(out)
+}
+
+/// Decodes the log region of lane `lane`: `region` is the whole region
+/// ([`RedoLayout::log_size`] bytes, or at least its first `64 + 16 × count` bytes), optionally
+/// followed by the bytes of the log's extension (the log's bytes as a string: lane, then
+/// extension). Never panics on any contents. See [`decode_log_ext`].
+///
+/// # Errors
+/// As [`decode_log_ext`].
+///
+/// # Panics
+/// If `region` is shorter than the header.
+pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogState> {
+    let split = region.len().min(layout.log_size() as usize);
+    decode_log_ext(&region[..split], &region[split..], lane, layout)
+}
+
+/// Decodes the log region of lane `lane` (`region` is the whole region,
+/// [`RedoLayout::log_size`] bytes, or at least its first `64 + 16 × count` bytes) whose log's
+/// extension, if it has one ([`RedoHeader::extension`]), holds `ext` (at least its `ext_len`
+/// bytes; ignored for a log without an extension). Never panics on any contents; allocates at
+/// most about twice the log's size.
+///
+/// # Errors
+/// [`AllocError::CorruptLog`] if the checksum is valid but a field is not: sequence number 0,
+/// a non-zero reserved byte, an extension outside the heap's data area or misaligned
+/// ([`RedoLayout::check_extension`]), an invalid word target ([`RedoLayout::check_target`]) or
+/// range ([`RedoLayout::check_range`]), a target inside the log's own extension, a range whose
+/// data runs past the last slot, or a word entry after a range entry.
+///
+/// # Panics
+/// If `region` is shorter than the header or longer than [`RedoLayout::log_size`].
+pub fn decode_log_ext(
+    region: &[u8],
+    ext: &[u8],
+    lane: u32,
+    layout: &RedoLayout,
+) -> Result<LogState> {
+    assert!(
+        region.len() >= REDO_HEADER_SIZE as usize && region.len() as u64 <= layout.log_size(),
+        "a log region"
+    );
+    let header: RedoHeader = bytemuck::pod_read_unaligned(&region[..REDO_HEADER_SIZE as usize]);
+    if header.word() == 0 {
+        return Ok(LogState::Empty);
+    }
+    let x = match extent(&header, layout) {
+        Ok(x) => x,
+        Err(why) => return Ok(LogState::Invalid(why)),
+    };
+    let end = REDO_HEADER_SIZE as usize + x.lane_bytes();
+    if end > region.len() {
+        return Ok(LogState::Invalid(Invalid::BadCount(header.count)));
+    }
+    if (ext.len() as u64) < x.ext_len {
+        return Ok(LogState::Invalid(Invalid::BadExtension {
+            ext: header.ext,
+            ext_len: header.ext_len,
+        }));
+    }
+    let ext = &ext[..x.ext_len as usize];
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&region[CRC_START..end]), ext);
+    if computed != header.checksum {
+        return Ok(LogState::Invalid(Invalid::ChecksumMismatch {
+            stored: header.checksum,
+            computed,
+        }));
+    }
+    check_header(&header, &x, lane, layout)?;
+    let lane_part = &region[REDO_HEADER_SIZE as usize..end];
+    let joined;
+    let body: &[u8] = if ext.is_empty() {
+        lane_part
+    } else {
+        joined = [lane_part, ext].concat();
+        &joined
+    };
+    let p = parse(body, &header, &x, lane, layout)?;
     Ok(LogState::Valid {
         seq: header.seq,
-        entries,
-        ranges,
+        entries: p.words,
+        ranges: p
+            .ranges
+            .into_iter()
+            .map(|(target, start, len)| RangeEntry {
+                target,
+                data: body[start..start + len].to_vec(),
+            })
+            .collect(),
     })
 }
 
@@ -418,6 +691,11 @@ pub struct RecoveryReport {
     pub invalid_cleared: usize,
     /// Highest sequence number of a valid log found (0 if none).
     pub max_seq: u64,
+    /// Log extensions read (to check a checksum: of valid and invalid logs).
+    pub extensions_read: usize,
+    /// Bytes of replayed entries not stored because they lie inside the extension of a valid
+    /// log with a higher sequence number (`docs/REDO.md` §5, step 3).
+    pub bytes_skipped: u64,
 }
 
 /// What one [`LaneLog::commit`] did: the lines it flushed, by kind.
@@ -429,10 +707,14 @@ pub struct CommitStats {
     pub entries: usize,
     /// Range entries in the log.
     pub ranges: usize,
-    /// 16-byte slots the log used (header excluded).
+    /// 16-byte slots the log used (header excluded; in the lane and in the extension).
     pub slots: usize,
-    /// Cache lines of the log region flushed (header + entries).
+    /// Of those, slots stored in the log's extension (0: the log fit its lane).
+    pub ext_slots: usize,
+    /// Cache lines of the lane's log region written back (header + in-lane slots).
     pub log_lines: usize,
+    /// Cache lines of the extension written back (or written with non-temporal stores).
+    pub ext_lines: usize,
     /// Distinct cache lines of targets flushed.
     pub target_lines: usize,
     /// Header lines of other lanes with a pending invalidation, flushed before drain #1.
@@ -444,7 +726,7 @@ pub struct CommitStats {
 impl CommitStats {
     /// Total cache lines flushed.
     pub fn lines(&self) -> usize {
-        self.log_lines + self.target_lines + self.pending_lines
+        self.log_lines + self.ext_lines + self.target_lines + self.pending_lines
     }
 }
 
@@ -543,20 +825,122 @@ impl std::fmt::Debug for RedoLogs {
 struct Found {
     lane: u32,
     seq: u64,
-    entries: Vec<RedoEntry>,
-    ranges: Vec<RangeEntry>,
+    /// Its slot stream (in-lane slots, then the extension's).
+    body: Vec<u8>,
+    /// Its extension `[start, end)`, if any.
+    ext: Option<(u64, u64)>,
+    entries: Parsed,
+}
+
+/// Bytes of the extension read per `Pool::read` while checking a checksum, so that a torn
+/// header claiming a large extension costs no memory.
+const CRC_CHUNK: usize = 64 << 10;
+
+/// What recovery finds in one lane.
+enum Read {
+    Empty,
+    Invalid,
+    Valid(Found),
+}
+
+/// Reads and classifies lane `lane`'s log (`docs/REDO.md` §2.3) from `pool`, reading only the
+/// slots the header claims. `scratch` is reused between lanes. Counts extensions read.
+fn read_log(
+    pool: &Pool,
+    lane: u32,
+    layout: &RedoLayout,
+    scratch: &mut Vec<u8>,
+    extensions_read: &mut usize,
+) -> Result<Read> {
+    let off = layout.log_offset(lane);
+    let mut hb = [0u8; REDO_HEADER_SIZE as usize];
+    // SAFETY: the caller holds the only reference to the pool (`&mut Pool` in `recover`), so
+    // no safe access runs concurrently, and every unsafe accessor's contract makes its caller
+    // rule out races with recovery. (The same holds for every read below.)
+    unsafe { pool.read(off, &mut hb) };
+    let header: RedoHeader = bytemuck::pod_read_unaligned(&hb);
+    if header.word() == 0 {
+        return Ok(Read::Empty);
+    }
+    let Ok(x) = extent(&header, layout) else {
+        return Ok(Read::Invalid);
+    };
+    // The in-lane slots (bounded by the lane), then the extension in bounded chunks: the
+    // checksum first, so that an invalid header allocates nothing more.
+    scratch.resize(x.lane_bytes(), 0);
+    // SAFETY: as above; inside the lane (in_lane <= capacity).
+    unsafe { pool.read(off + REDO_HEADER_SIZE, scratch) };
+    let mut crc = crc32c::crc32c_append(header.crc_seed(), scratch);
+    if x.ext_len != 0 {
+        *extensions_read += 1;
+        let mut buf = vec![0u8; CRC_CHUNK.min(x.ext_len as usize)];
+        let mut at = x.ext;
+        let end = x.ext + x.ext_len; // inside the pool: checked by `extent`
+        while at < end {
+            let n = buf.len().min((end - at) as usize);
+            // SAFETY: as above; inside the pool.
+            unsafe { pool.read(at, &mut buf[..n]) };
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            at += n as u64;
+        }
+    }
+    if crc != header.checksum {
+        return Ok(Read::Invalid);
+    }
+    check_header(&header, &x, lane, layout)?;
+    let mut body = Vec::with_capacity(x.lane_bytes() + x.ext_len as usize);
+    body.extend_from_slice(scratch);
+    if x.ext_len != 0 {
+        body.resize(x.lane_bytes() + x.ext_len as usize, 0);
+        // SAFETY: as above; inside the pool. (Read again: the bytes the checksum covered, as
+        // nothing else accesses the pool.)
+        unsafe { pool.read(x.ext, &mut body[x.lane_bytes()..]) };
+    }
+    let entries = parse(&body, &header, &x, lane, layout)?;
+    Ok(Read::Valid(Found {
+        lane,
+        seq: header.seq,
+        body,
+        ext: (x.ext_len != 0).then_some((x.ext, x.ext + x.ext_len)),
+        entries,
+    }))
+}
+
+/// The parts of `[start, end)` outside every interval of `holes` (sorted, disjoint).
+fn outside(start: u64, end: u64, holes: &[(u64, u64)], mut f: impl FnMut(u64, u64)) {
+    let mut at = start;
+    for &(s, e) in holes {
+        if e <= at {
+            continue;
+        }
+        if s >= end {
+            break;
+        }
+        if s > at {
+            f(at, s);
+        }
+        at = at.max(e);
+        if at >= end {
+            return;
+        }
+    }
+    if at < end {
+        f(at, end);
+    }
 }
 
 impl RedoLogs {
     /// Recovers the redo logs of `pool` and returns their volatile state. Run it at open,
     /// before anything else reads or writes the pool's lanes or heap.
     ///
-    /// Reads every lane's log; checks every valid one ([`decode_log`]); replays the valid logs
-    /// in increasing sequence order (storing each value, flushing each touched line); drains;
-    /// clears the (checksum, count) word of each valid log in increasing sequence order, with
-    /// a drain after each; clears every invalid non-empty log; drains. A crash anywhere in here
-    /// is recovered by the next recovery, with the same result. The sequence counter restarts at
-    /// 1 + the highest sequence number found (or 1).
+    /// Reads every lane's log (and its extension, if any); checks every valid one
+    /// ([`decode_log_ext`]); replays the valid logs in increasing sequence order (storing each
+    /// value, except the bytes inside the extension of a valid log with a higher sequence
+    /// number, and flushing each touched line); drains; clears the (checksum, count) word of
+    /// each valid log in increasing sequence order, with a drain after each; clears every
+    /// invalid non-empty log; drains. A crash anywhere in here is recovered by the next
+    /// recovery, with the same result. The sequence counter restarts at 1 + the highest
+    /// sequence number found (or 1). Memory: the valid logs (a log is bounded by the pool).
     ///
     /// `&mut Pool`: recovery writes anywhere a log says, so it needs the pool to itself.
     ///
@@ -572,39 +956,16 @@ impl RedoLogs {
         let layout = RedoLayout::new(pool.size(), &pool.geometry())?;
         let mut found: Vec<Found> = Vec::new();
         let mut invalid: Vec<u32> = Vec::new();
-        let mut region = vec![0u8; layout.log_size() as usize];
+        let mut scratch = Vec::new();
+        let mut extensions_read = 0;
         for lane in 0..layout.lane_count {
-            let off = layout.log_offset(lane);
-            // SAFETY: we hold the only reference to the pool (`&mut Pool`), so no safe access
-            // runs concurrently, and every unsafe accessor's contract makes its caller rule
-            // out races with us.
-            unsafe { pool.read(off, &mut region[..REDO_HEADER_SIZE as usize]) };
-            if region[..8] == [0; 8] {
-                continue;
-            }
-            // Read only the slots the header claims (bounded by the region): a lane's log
-            // region is the whole lane, mostly unused.
-            let count = u64::from(u32::from_le_bytes(
-                region[4..8].try_into().expect("4 bytes"),
-            ));
-            let len = (REDO_HEADER_SIZE + count * REDO_ENTRY_SIZE).min(layout.log_size());
-            // SAFETY: as above.
-            unsafe { pool.read(off, &mut region[..len as usize]) };
-            match decode_log(&region[..len as usize], lane, &layout)? {
-                LogState::Empty => {}
-                LogState::Invalid(_) => invalid.push(lane),
-                LogState::Valid {
-                    seq,
-                    entries,
-                    ranges,
-                } => found.push(Found {
-                    lane,
-                    seq,
-                    entries,
-                    ranges,
-                }),
+            match read_log(pool, lane, &layout, &mut scratch, &mut extensions_read)? {
+                Read::Empty => {}
+                Read::Invalid => invalid.push(lane),
+                Read::Valid(f) => found.push(f),
             }
         }
+        drop(scratch);
         found.sort_by_key(|f| (f.seq, f.lane));
         if let Some(w) = found.windows(2).find(|w| w[0].seq == w[1].seq) {
             return Err(AllocError::CorruptLog {
@@ -616,17 +977,19 @@ impl RedoLogs {
             });
         }
         let max_seq = found.last().map_or(0, |f| f.seq);
-        let report = RecoveryReport {
+        let mut report = RecoveryReport {
             logs_replayed: found.len(),
-            entries_applied: found.iter().map(|f| f.entries.len()).sum(),
-            ranges_applied: found.iter().map(|f| f.ranges.len()).sum(),
+            entries_applied: found.iter().map(|f| f.entries.words.len()).sum(),
+            ranges_applied: found.iter().map(|f| f.entries.ranges.len()).sum(),
             range_bytes_applied: found
                 .iter()
-                .flat_map(|f| &f.ranges)
-                .map(|r| r.data.len() as u64)
+                .flat_map(|f| &f.entries.ranges)
+                .map(|r| r.2 as u64)
                 .sum(),
             invalid_cleared: invalid.len(),
             max_seq,
+            extensions_read,
+            bytes_skipped: 0,
         };
         if !found.is_empty() || !invalid.is_empty() {
             if pool.is_read_only() {
@@ -636,15 +999,48 @@ impl RedoLogs {
             }
             let mut ctx = pool.flush_context();
             let mut lines = Vec::new();
-            for f in &found {
-                for e in &f.entries {
-                    // SAFETY: exclusive pool (as above); the target was checked by decode_log.
+            // Every log was read (and its extension) before anything is stored: replaying a
+            // log may overwrite another valid log's extension (docs/REDO.md §6.6).
+            let mut holes: Vec<(u64, u64)> = Vec::new();
+            for (i, f) in found.iter().enumerate() {
+                // The extensions of the later valid logs: free space from this log's point of
+                // view, where its stores are dead; skipping them keeps those logs intact on
+                // the media until they are cleared (docs/REDO.md §6.6).
+                holes.clear();
+                holes.extend(found[i + 1..].iter().filter_map(|g| g.ext));
+                holes.sort_unstable();
+                holes.dedup_by(|b, a| {
+                    // Merge overlapping intervals (`a` precedes `b`).
+                    if b.0 <= a.1 {
+                        a.1 = a.1.max(b.1);
+                        true
+                    } else {
+                        false
+                    }
+                });
+                for e in &f.entries.words {
+                    if holes
+                        .iter()
+                        .any(|&(s, end)| s <= e.target && e.target < end)
+                    {
+                        report.bytes_skipped += 8;
+                        continue;
+                    }
+                    // SAFETY: exclusive pool (as in `read_log`); the target was checked by
+                    // `parse`.
                     unsafe { store_word(pool, e.target, e.value) };
                     lines.push(e.target & !(CACHE_LINE - 1));
                 }
-                for r in &f.ranges {
-                    // SAFETY: exclusive pool (as above); the range was checked by decode_log.
-                    unsafe { pool.copy_nodrain(&mut ctx, r.target, &r.data) };
+                for &(target, start, len) in &f.entries.ranges {
+                    let data = &f.body[start..start + len];
+                    let mut stored = 0;
+                    outside(target, target + len as u64, &holes, |a, b| {
+                        let piece = &data[(a - target) as usize..(b - target) as usize];
+                        // SAFETY: exclusive pool (as above); inside a range checked by `parse`.
+                        unsafe { pool.copy_nodrain(&mut ctx, a, piece) };
+                        stored += b - a;
+                    });
+                    report.bytes_skipped += len as u64 - stored;
                 }
             }
             lines.sort_unstable();
@@ -707,7 +1103,7 @@ impl RedoLogs {
             offset,
             covered: Vec::new(),
             lines: Vec::new(),
-            body: Vec::new(),
+            stage: Vec::new(),
         })
     }
 
@@ -764,8 +1160,8 @@ pub struct LaneLog {
     covered: Vec<(u32, u64)>,
     /// Scratch: target lines of the current commit.
     lines: Vec<u64>,
-    /// Scratch: the body of a log with range entries.
-    body: Vec<u8>,
+    /// Scratch: the staging buffer of the slot writer (bounded: about [`STAGE`] bytes).
+    stage: Vec<u8>,
 }
 
 impl std::fmt::Debug for LaneLog {
@@ -868,6 +1264,45 @@ impl LaneLog {
         entries: &[RedoEntry],
         ranges: &[RedoRange<'_>],
     ) -> Result<CommitStats> {
+        // SAFETY: forwarded contract (no extension).
+        unsafe { self.commit_ops_ext(pool, ctx, entries, ranges, None) }
+    }
+
+    /// [`LaneLog::commit_ops`] for a log of any size: if the slots needed exceed
+    /// [`LaneLog::capacity`], the log fills the lane and goes on in the extension `ext`
+    /// (`(offset, len)`: a region of the heap's data area the caller owns, e.g. a block it
+    /// reserved with `Heap::reserve` and will not publish), which must hold
+    /// `16 × (slots − capacity)` bytes ([`RedoLayout::ext_slots`]). A log that fits its lane
+    /// does not use `ext`. Still exactly two drains: the extension is written (non-temporal
+    /// stores, whole lines) and flushed before drain #1 with the rest of the log
+    /// (`docs/REDO.md` §4).
+    ///
+    /// # Safety
+    /// As [`LaneLog::commit_ops`], and: no other thread reads or writes any byte of `ext`
+    /// during the call, and no reference to one is live. When this returns (success or
+    /// error), the caller may use the extension region again for anything (cancel the
+    /// reservation): the log no longer needs it (`docs/REDO.md` §6.6).
+    ///
+    /// # Errors
+    /// As [`LaneLog::commit_ops`], and (nothing written in each case):
+    /// * [`AllocError::LogFull`] if the slots needed exceed the lane's capacity and `ext` is
+    ///   `None` or too small (`capacity` then counts the lane and `ext`), or exceed
+    ///   `u32::MAX`;
+    /// * [`AllocError::InvalidExtension`] if the part of `ext` the log needs is not a valid
+    ///   extension ([`RedoLayout::check_extension`]);
+    /// * [`AllocError::InvalidTarget`] with [`TargetError::InLogExtension`] for a target inside
+    ///   that part of `ext`.
+    ///
+    /// # Panics
+    /// As [`LaneLog::commit_ops`].
+    pub unsafe fn commit_ops_ext(
+        &mut self,
+        pool: &Pool,
+        ctx: &mut FlushContext,
+        entries: &[RedoEntry],
+        ranges: &[RedoRange<'_>],
+        ext: Option<(u64, u64)>,
+    ) -> Result<CommitStats> {
         let sh = &*self.shared;
         sh.check_pool(pool);
         if pool.is_read_only() {
@@ -877,63 +1312,120 @@ impl LaneLog {
         if n == 0 && ranges.is_empty() {
             return Ok(CommitStats::default());
         }
-        let slots = n + ranges
-            .iter()
-            .map(|r| range_slots(r.data.len()))
-            .sum::<usize>();
+        let slots = slots_needed(n, ranges);
         let capacity = sh.layout.capacity();
-        if slots > capacity {
-            return Err(AllocError::LogFull {
-                needed: slots,
-                capacity,
-            });
-        }
+        let ext_slots = sh.layout.ext_slots(slots);
+        // The extension part the log uses: [ext_off, ext_off + ext_len).
+        let (ext_off, ext_len) = if ext_slots == 0 {
+            (0, 0)
+        } else {
+            let need = ext_slots as u64 * REDO_ENTRY_SIZE;
+            let (off, len) = ext.unwrap_or((0, 0));
+            if len < need || u32::try_from(slots).is_err() {
+                let have = (len / REDO_ENTRY_SIZE).min(u64::from(u32::MAX)) as usize;
+                return Err(AllocError::LogFull {
+                    needed: slots,
+                    capacity: (capacity + have).min(u32::MAX as usize),
+                });
+            }
+            sh.layout.check_extension(off, need).map_err(|reason| {
+                AllocError::InvalidExtension {
+                    offset: off,
+                    len: need,
+                    reason,
+                }
+            })?;
+            (off, need)
+        };
+        let in_ext = |t: u64, len: u64| ext_len != 0 && t < ext_off + ext_len && ext_off < t + len;
+        let bad = |index, target, reason| AllocError::InvalidTarget {
+            index,
+            target,
+            reason,
+        };
         for (index, e) in entries.iter().enumerate() {
             sh.layout
                 .check_target(e.target)
-                .map_err(|reason| AllocError::InvalidTarget {
-                    index,
-                    target: e.target,
-                    reason,
-                })?;
+                .map_err(|reason| bad(index, e.target, reason))?;
+            if in_ext(e.target, 8) {
+                return Err(bad(index, e.target, TargetError::InLogExtension));
+            }
         }
         for (i, r) in ranges.iter().enumerate() {
+            let len = r.data.len() as u64;
             sh.layout
-                .check_range(r.target, r.data.len() as u64)
-                .map_err(|reason| AllocError::InvalidTarget {
-                    index: n + i,
-                    target: r.target,
-                    reason,
-                })?;
+                .check_range(r.target, len)
+                .map_err(|reason| bad(n + i, r.target, reason))?;
+            if in_ext(r.target, len) {
+                return Err(bad(n + i, r.target, TargetError::InLogExtension));
+            }
         }
 
         // 1. Pending invalidations of other lanes (ours is overwritten by our own header).
         sh.flush_pending(pool, ctx, Some(self.lane), &mut self.covered);
 
-        // 2. Slots, then the header, the (checksum, count) word last.
+        // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
+        // count) word last.
         let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
-        let body: &[u8] = if ranges.is_empty() {
-            bytemuck::cast_slice(entries)
-        } else {
-            encode_body_into(&mut self.body, entries, ranges);
-            &self.body
+        let mut header = RedoHeader {
+            checksum: 0,
+            count: slots as u32, // <= u32::MAX: checked above (or <= capacity)
+            seq,
+            ext: ext_off,
+            ext_len,
+            reserved: [0; RESERVED],
         };
-        let header = RedoHeader::for_body(seq, body);
         let off = self.offset;
-        let log_len = REDO_HEADER_SIZE + body.len() as u64;
+        let mut w = SlotWriter {
+            sink: Sink {
+                pool,
+                lane_slots: off + REDO_HEADER_SIZE,
+                lane_bytes: (slots - ext_slots) as u64 * REDO_ENTRY_SIZE,
+                ext: ext_off,
+                pos: 0,
+                crc: header.crc_seed(),
+                lane_lines: 0,
+                ext_lines: 0,
+            },
+            stage: &mut self.stage,
+        };
         // SAFETY: the log region of our lane is written only through its one `LaneLog` of the
         // one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes' commits
         // only flush its header line, which is not an access. Nothing holds a reference into
-        // it. The range is inside the pool (layout checked at recovery; slots <= capacity).
+        // it. The extension region is the caller's alone (contract). The slots fit:
+        // `slots - ext_slots <= capacity` in the lane (whose size was checked at recovery),
+        // `ext_len` bytes in the extension (checked above).
         unsafe {
-            pool.copy_nodrain(ctx, off + REDO_HEADER_SIZE, body);
+            if ranges.is_empty() {
+                // Word entries only (the allocator's logs): one piece, no staging.
+                w.sink.emit(ctx, bytemuck::cast_slice(entries));
+            } else {
+                w.put(ctx, bytemuck::cast_slice(entries));
+            }
+            for r in ranges {
+                let mut head = [0u8; 16];
+                head[..8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
+                head[8..].copy_from_slice(&(r.data.len() as u64).to_le_bytes());
+                w.put(ctx, &head);
+                w.put(ctx, r.data);
+                let pad = r.data.len().next_multiple_of(16) - r.data.len();
+                w.put(ctx, &[0u8; 16][..pad]);
+            }
+            w.finish(ctx);
+        }
+        let sink = w.sink;
+        debug_assert_eq!(sink.pos, slots as u64 * REDO_ENTRY_SIZE);
+        header.checksum = sink.crc;
+        // SAFETY: our lane's header, as above.
+        unsafe {
             pool.write(off + 8, &bytemuck::bytes_of(&header)[8..]);
             store_word(pool, off, header.word());
         }
         pool.flush(ctx, off, REDO_HEADER_SIZE);
 
-        // 3. Drain #1: the commit point. It also made the invalidations flushed in step 1 (and
-        // our own previous one, overwritten by the new header) durable.
+        // 3. Drain #1: the commit point (for the extension too). It also made the
+        // invalidations flushed in step 1 (and our own previous one, overwritten by the new
+        // header) durable.
         pool.drain(ctx)?;
         if sh.pending[self.lane as usize].load(Ordering::Relaxed) != 0 {
             sh.pending[self.lane as usize].store(0, Ordering::SeqCst);
@@ -990,17 +1482,124 @@ impl LaneLog {
         if sh.summary[lane / 64].load(Ordering::Relaxed) & bit == 0 {
             sh.summary[lane / 64].fetch_or(bit, Ordering::AcqRel);
         }
+        if self.stage.capacity() > 2 * STAGE {
+            // A log never needs more (a large range goes around it); keep the lane small.
+            self.stage = Vec::new();
+        }
 
         Ok(CommitStats {
             seq,
             entries: n,
             ranges: ranges.len(),
             slots,
-            log_lines: log_len.div_ceil(CACHE_LINE) as usize,
+            ext_slots,
+            log_lines: 1 + sink.lane_lines,
+            ext_lines: sink.ext_lines,
             target_lines: self.lines.len() + nt_lines as usize,
             pending_lines: self.covered.len(),
             drains: 2,
         })
+    }
+}
+
+/// Where a log's slot stream goes: stream bytes `[0, lane_bytes)` to the lane's slots, the
+/// rest to the extension; the checksum and the lines written, as it goes.
+struct Sink<'p> {
+    pool: &'p Pool,
+    /// Pool offset of the lane's slot 0.
+    lane_slots: u64,
+    /// Bytes of slots in the lane (a multiple of 64 when there is an extension: the lane's
+    /// slot area, `lane_size − 64`).
+    lane_bytes: u64,
+    /// Pool offset of the extension (a multiple of 64), if any.
+    ext: u64,
+    /// Stream bytes written so far.
+    pos: u64,
+    /// CRC-32C of the header bytes `[4, 64)` and the stream so far.
+    crc: u32,
+    lane_lines: usize,
+    ext_lines: usize,
+}
+
+impl Sink<'_> {
+    /// Writes `data` at the stream position and flushes it (non-temporal stores for pieces of
+    /// [`NT_THRESHOLD`] bytes or more).
+    ///
+    /// # Safety
+    /// The caller owns the lane's slots and the extension region exclusively, and the stream
+    /// fits them.
+    unsafe fn emit(&mut self, ctx: &mut FlushContext, mut data: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        while !data.is_empty() {
+            let (off, n, lines) = if self.pos < self.lane_bytes {
+                let room = (self.lane_bytes - self.pos).min(data.len() as u64) as usize;
+                (self.lane_slots + self.pos, room, &mut self.lane_lines)
+            } else {
+                (
+                    self.ext + (self.pos - self.lane_bytes),
+                    data.len(),
+                    &mut self.ext_lines,
+                )
+            };
+            // SAFETY: the caller's contract.
+            unsafe { self.pool.copy_nodrain(ctx, off, &data[..n]) };
+            *lines += ((off + n as u64).div_ceil(CACHE_LINE) - off / CACHE_LINE) as usize;
+            self.pos += n as u64;
+            data = &data[n..];
+        }
+    }
+}
+
+/// Writes a log's slot stream through a bounded staging buffer in whole cache lines (the
+/// stream starts on a line, in the lane and in the extension), so that every line is written
+/// and flushed once, with non-temporal stores for large pieces; large data goes straight from
+/// the caller's slice.
+struct SlotWriter<'p, 's> {
+    sink: Sink<'p>,
+    /// Stream bytes `[sink.pos, sink.pos + stage.len())`, not yet written (`sink.pos` is a
+    /// multiple of 64 until `finish`).
+    stage: &'s mut Vec<u8>,
+}
+
+impl SlotWriter<'_, '_> {
+    /// Appends `data` to the stream.
+    ///
+    /// # Safety
+    /// As [`Sink::emit`].
+    unsafe fn put(&mut self, ctx: &mut FlushContext, data: &[u8]) {
+        const LINE: usize = CACHE_LINE as usize;
+        if data.len() < DIRECT_MIN {
+            self.stage.extend_from_slice(data);
+            if self.stage.len() >= STAGE {
+                let whole = self.stage.len() / LINE * LINE;
+                // SAFETY: forwarded.
+                unsafe { self.sink.emit(ctx, &self.stage[..whole]) };
+                self.stage.drain(..whole);
+            }
+            return;
+        }
+        // Complete the staged partial line from `data`, write the stage, then the whole
+        // lines of `data` straight from it; stage the rest (< one line).
+        let fill = (LINE - self.stage.len() % LINE) % LINE; // < 64 <= data.len()
+        self.stage.extend_from_slice(&data[..fill]);
+        // SAFETY: forwarded.
+        unsafe { self.sink.emit(ctx, self.stage) };
+        self.stage.clear();
+        let rest = &data[fill..];
+        let whole = rest.len() / LINE * LINE;
+        // SAFETY: forwarded.
+        unsafe { self.sink.emit(ctx, &rest[..whole]) };
+        self.stage.extend_from_slice(&rest[whole..]);
+    }
+
+    /// Writes what is staged.
+    ///
+    /// # Safety
+    /// As [`Sink::emit`].
+    unsafe fn finish(&mut self, ctx: &mut FlushContext) {
+        // SAFETY: forwarded.
+        unsafe { self.sink.emit(ctx, self.stage) };
+        self.stage.clear();
     }
 }
 
@@ -1029,12 +1628,16 @@ mod tests {
     use super::*;
 
     fn layout() -> RedoLayout {
-        // 8 MiB pool, 4 KiB root, 4 lanes of 16 KiB.
+        // 8 MiB pool, 4 KiB root, 4 lanes of 16 KiB, then the heap.
+        let heap_offset = 8192 + 4 * (16 << 10);
+        let heap = HeapGeometry::new(heap_offset, (8 << 20) - heap_offset);
         RedoLayout {
             pool_size: 8 << 20,
             lanes_offset: 8192,
             lane_count: 4,
             lane_size: 16 << 10,
+            data_start: heap.data,
+            data_end: heap.data_end(),
         }
     }
 
@@ -1138,7 +1741,7 @@ mod tests {
         assert!(matches!(
             decode_log(&region(&bytes), 0, &l),
             Err(AllocError::CorruptLog {
-                reason: CorruptReason::ReservedNotZero { offset: 21 },
+                reason: CorruptReason::ReservedNotZero { offset: 37 },
                 ..
             })
         ));
@@ -1170,5 +1773,85 @@ mod tests {
             decode_log(&bytes, 0, &l).unwrap(),
             LogState::Valid { .. }
         ));
+    }
+
+    #[test]
+    fn extents_are_checked_before_the_checksum() {
+        let l = layout();
+        let cap = l.capacity() as u32;
+        let (data, end) = l.extension_area();
+        let h = |count: u32, ext: u64, ext_len: u64| RedoHeader {
+            checksum: 1,
+            count,
+            seq: 1,
+            ext,
+            ext_len,
+            reserved: [0; RESERVED],
+        };
+        assert_eq!(h(cap, 0, 0).extension(&l), Ok(None));
+        assert_eq!(h(cap + 2, data, 32).extension(&l), Ok(Some((data, 32))));
+        // Inside the pool is all that is checked here (placement: after the checksum).
+        assert_eq!(h(cap + 2, 64, 32).extension(&l), Ok(Some((64, 32))));
+        let bad = |c, e, n| {
+            assert!(
+                h(c, e, n).extension(&l).is_err(),
+                "count {c} ext {e:#x} len {n}"
+            )
+        };
+        bad(0, 0, 0);
+        bad(cap + 1, 0, 0);
+        bad(1, 0, 16);
+        bad(cap, data, 0);
+        bad(cap + 2, data, 16);
+        bad(cap + 2, data, 48);
+        bad(cap + 2, l.pool_size - 16, 32);
+        bad(cap + 2, u64::MAX - 15, 32);
+        bad(u32::MAX, data, (u64::from(u32::MAX) - u64::from(cap)) * 16);
+        assert!(end <= l.pool_size);
+    }
+
+    #[test]
+    fn extension_placement() {
+        let l = layout();
+        let (data, end) = l.extension_area();
+        assert_eq!(l.check_extension(data, 16), Ok(()));
+        assert_eq!(l.check_extension(end - 64, 64), Ok(()));
+        assert!(l.check_extension(end - 64, 80).is_err());
+        assert_eq!(
+            l.check_extension(data + 16, 16),
+            Err(TargetError::NotLineAligned)
+        );
+        assert_eq!(
+            l.check_extension(data, 8),
+            Err(TargetError::BadLength { len: 8 })
+        );
+        assert_eq!(
+            l.check_extension(4096, 64),
+            Err(TargetError::OutsideHeapData)
+        );
+        assert_eq!(
+            l.check_extension(8192, 64),
+            Err(TargetError::InRedoLog { lane: 0 })
+        );
+        assert_eq!(l.check_extension(64, 64), Err(TargetError::InHeader));
+    }
+
+    #[test]
+    fn outside_subtracts_sorted_holes() {
+        let pieces = |s, e, holes: &[(u64, u64)]| {
+            let mut v = Vec::new();
+            outside(s, e, holes, |a, b| v.push((a, b)));
+            v
+        };
+        assert_eq!(pieces(0, 100, &[]), [(0, 100)]);
+        assert_eq!(pieces(0, 100, &[(0, 100)]), []);
+        assert_eq!(
+            pieces(0, 100, &[(10, 20), (30, 40)]),
+            [(0, 10), (20, 30), (40, 100)]
+        );
+        assert_eq!(pieces(15, 35, &[(10, 20), (30, 40)]), [(20, 30)]);
+        assert_eq!(pieces(50, 60, &[(10, 20), (30, 40)]), [(50, 60)]);
+        assert_eq!(pieces(0, 5, &[(10, 20)]), [(0, 5)]);
+        assert_eq!(pieces(0, 100, &[(0, 50), (50, 100)]), []);
     }
 }

@@ -236,42 +236,6 @@ fn bad_frees_change_nothing_and_keep_reservations_usable() {
 }
 
 #[test]
-fn log_full_changes_nothing() {
-    let (_d, path) = scratch();
-    let mut pool = create(&path, MIN_POOL_SIZE);
-    let (heap, _) = Heap::open(&mut pool).unwrap();
-    let capacity = heap.redo_logs().layout().capacity();
-    let mut rs = vec![heap.reserve(&pool, 64).unwrap()];
-    let off = rs[0].offset();
-    // Header + bitmap word + `capacity` words (root words, then heap data words).
-    let data = heap.geometry().chunk_offset(1);
-    let words: Vec<(u64, u64)> = (0..capacity as u64)
-        .map(|i| {
-            (
-                if i < 512 {
-                    root(&pool, i)
-                } else {
-                    data + 8 * i
-                },
-                i + 1,
-            )
-        })
-        .collect();
-    let before = pool_bytes(&pool);
-    let e = publish(&heap, &pool, &mut rs, &[], &words).unwrap_err();
-    assert!(
-        matches!(e, AllocError::LogFull { needed, capacity: c } if needed == capacity + 2 && c == capacity),
-        "{e}"
-    );
-    assert!(pool_bytes(&pool) == before);
-    assert_eq!(rs.len(), 1);
-    assert_ne!(heap.reserve(&pool, 64).unwrap().offset(), off);
-    publish(&heap, &pool, &mut rs, &[], &words[..capacity - 2]).unwrap();
-    assert_eq!(allocated(&heap, &pool), vec![off]);
-    assert_eq!(read_word(&pool, root(&pool, 0)), 1);
-}
-
-#[test]
 fn lanes_can_be_checked_out_and_published_through() {
     let (_d, path) = scratch();
     let mut pool = create(&path, MIN_POOL_SIZE);

@@ -370,8 +370,7 @@ impl<'p> Tx<'p> {
     /// Allocates a block for a `T`, initialised to `value`, and returns a pointer to it. The
     /// block exists only in this transaction until commit (which publishes it atomically with
     /// the rest); an abort releases it. Blocks of 64 bytes or more are cache-line aligned.
-    /// A new block's contents are not logged: commit writes them straight into the block
-    /// before its commit point (a crash before it leaves them in a free block).
+    /// A new block's contents are logged whole with the rest of the transaction.
     ///
     /// # Errors
     /// [`TxError::Alloc`] with [`AllocError::OutOfSpace`] or [`AllocError::TooLarge`];
@@ -531,18 +530,20 @@ impl<'p> Tx<'p> {
         };
         let any_dead = !frees.is_empty() || !dead_allocs.is_empty();
 
-        // Blocks allocated by this transaction: written whole and directly (they are free on
-        // the media until the commit point), never diffed (a block cancelled after a failed
-        // publish may hold bytes that are in the cache but not durable).
+        // Blocks allocated by this transaction: logged whole (not diffed), so the log alone
+        // carries everything the transaction writes and its checksum covers it. (Writing new
+        // blocks directly before the commit point would save the log bytes, but a crash image
+        // may hold the complete log without the block's lines: tests/tx_crash.rs.)
         let fresh: Vec<(u64, u64)> = self.allocs.iter().map(|r| (r.offset(), r.size())).collect();
         let in_fresh = |w: u64| fresh.iter().any(|&(o, s)| o <= w && w < o + s);
 
-        // Runs of changed words of existing objects (logged), and runs of new blocks' words
-        // (written directly); pool bytes compared in blocks of CMP bytes.
+        // Runs of words to log: changed words of existing objects and every word of new
+        // blocks; runs less than 16 bytes apart are merged, but never across a freed block's
+        // words (the log must not carry them: the block may be reused at once). Pool bytes are
+        // compared in blocks of CMP bytes.
         const CMP: usize = 512;
         let mut current = [0u8; CMP];
         let mut ranges: Vec<RedoRange<'_>> = Vec::new();
-        let mut direct: Vec<RedoRange<'_>> = Vec::new();
         for s in &self.shadows {
             let bytes = s.bytes();
             let range = |a: usize, b: usize| RedoRange {
@@ -550,7 +551,6 @@ impl<'p> Tx<'p> {
                 data: &bytes[a..b],
             };
             let mut run: Option<(usize, usize)> = None;
-            let mut drun: Option<(usize, usize)> = None;
             for block in (0..bytes.len()).step_by(CMP) {
                 let n = CMP.min(bytes.len() - block);
                 // SAFETY: the shadow's lines are under exclusive locks of this transaction
@@ -560,20 +560,13 @@ impl<'p> Tx<'p> {
                     let g = block + w;
                     let addr = s.start + g as u64;
                     if any_dead && is_dead(addr) {
+                        if let Some((a, b)) = run.take() {
+                            ranges.push(range(a, b));
+                        }
                         continue;
                     }
-                    if !fresh.is_empty() && in_fresh(addr) {
-                        drun = match drun {
-                            Some((a, b)) if b == g => Some((a, g + 8)),
-                            Some((a, b)) => {
-                                direct.push(range(a, b));
-                                Some((g, g + 8))
-                            }
-                            None => Some((g, g + 8)),
-                        };
-                        continue;
-                    }
-                    if bytes[g..g + 8] == current[w..w + 8] {
+                    let fresh_word = !fresh.is_empty() && in_fresh(addr);
+                    if !fresh_word && bytes[g..g + 8] == current[w..w + 8] {
                         continue;
                     }
                     run = match run {
@@ -589,30 +582,15 @@ impl<'p> Tx<'p> {
             if let Some((a, b)) = run {
                 ranges.push(range(a, b));
             }
-            if let Some((a, b)) = drun {
-                direct.push(range(a, b));
-            }
         }
         info.ranges = ranges.len();
         info.range_bytes = ranges.iter().map(|r| r.data.len() as u64).sum();
-        info.direct_bytes = direct.iter().map(|r| r.data.len() as u64).sum();
         if ranges.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
             return Ok(info);
         }
         let frees: Vec<u64> = self.frees.iter().map(|&(o, _)| o).collect();
         let heap = pool.heap();
         let mut lane = heap.lane();
-        {
-            let (_, ctx) = lane.parts();
-            for d in &direct {
-                // SAFETY: a new block of this transaction: reserved by it (the allocator hands
-                // it to no one else), under its exclusive locks (no reader), free on the media
-                // until the publication below commits. Flushed through the lane's context, whose
-                // next drain (the commit point) makes it durable; this thread issues both
-                // (`Tx` is `!Send`).
-                unsafe { raw.copy_nt_nodrain(ctx, d.target, d.data) };
-            }
-        }
         // SAFETY: one Heap per pool (the Pool's own). Every byte of every range lies in a
         // shadow's lines, under an exclusive lock of this transaction (no other thread reads
         // or writes them, and no reference to them is live: readers of pool bytes hold shared
