@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 use crossbeam_utils::CachePadded;
-use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE, NT_THRESHOLD};
+use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE};
 
 use crate::error::{AllocError, CorruptReason, Result, TargetError};
 use crate::heap::HeapGeometry;
@@ -1396,12 +1396,7 @@ impl LaneLog {
         // `slots - ext_slots <= capacity` in the lane (whose size was checked at recovery),
         // `ext_len` bytes in the extension (checked above).
         unsafe {
-            if ranges.is_empty() {
-                // Word entries only (the allocator's logs): one piece, no staging.
-                w.sink.emit(ctx, bytemuck::cast_slice(entries));
-            } else {
-                w.put(ctx, bytemuck::cast_slice(entries));
-            }
+            w.put(ctx, bytemuck::cast_slice(entries));
             for r in ranges {
                 let mut head = [0u8; 16];
                 head[..8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
@@ -1416,12 +1411,9 @@ impl LaneLog {
         let sink = w.sink;
         debug_assert_eq!(sink.pos, slots as u64 * REDO_ENTRY_SIZE);
         header.checksum = sink.crc;
-        // SAFETY: our lane's header, as above.
-        unsafe {
-            pool.write(off + 8, &bytemuck::bytes_of(&header)[8..]);
-            store_word(pool, off, header.word());
-        }
-        pool.flush(ctx, off, REDO_HEADER_SIZE);
+        // SAFETY: our lane's header, as above: the whole header line with non-temporal stores
+        // (a torn header fails its checksum like any torn log).
+        unsafe { pool.copy_nt_nodrain(ctx, off, bytemuck::bytes_of(&header)) };
 
         // 3. Drain #1: the commit point (for the extension too). It also made the
         // invalidations flushed in step 1 (and our own previous one, overwritten by the new
@@ -1442,11 +1434,14 @@ impl LaneLog {
         }
         let mut nt_lines = 0;
         for r in ranges {
-            if r.data.len() >= NT_THRESHOLD {
+            let (first, end) = (r.target, r.target + r.data.len() as u64);
+            if end >= first.next_multiple_of(CACHE_LINE) + CACHE_LINE {
+                // At least one whole line: non-temporal stores for the whole lines (a drain
+                // after them completes sooner than after `clwb`), ordinary stores and a flush
+                // for the partial lines at the ends.
                 // SAFETY: as for the words: the caller owns the range; it was checked.
-                unsafe { pool.copy_nodrain(ctx, r.target, r.data) };
-                nt_lines +=
-                    (r.target + r.data.len() as u64).div_ceil(CACHE_LINE) - r.target / CACHE_LINE;
+                unsafe { pool.copy_nt_nodrain(ctx, r.target, r.data) };
+                nt_lines += end.div_ceil(CACHE_LINE) - first / CACHE_LINE;
             } else {
                 // SAFETY: as above.
                 unsafe { pool.write(r.target, r.data) };
@@ -1522,14 +1517,23 @@ struct Sink<'p> {
 }
 
 impl Sink<'_> {
-    /// Writes `data` at the stream position and flushes it (non-temporal stores for pieces of
-    /// [`NT_THRESHOLD`] bytes or more).
+    /// Writes `data` at the stream position and flushes it (non-temporal stores for every
+    /// whole line).
     ///
     /// # Safety
     /// The caller owns the lane's slots and the extension region exclusively, and the stream
     /// fits them.
-    unsafe fn emit(&mut self, ctx: &mut FlushContext, mut data: &[u8]) {
+    unsafe fn emit(&mut self, ctx: &mut FlushContext, data: &[u8]) {
         self.crc = crc32c::crc32c_append(self.crc, data);
+        // SAFETY: forwarded.
+        unsafe { self.write(ctx, data) };
+    }
+
+    /// Writes `data` at the stream position without adding it to the checksum.
+    ///
+    /// # Safety
+    /// As [`Sink::emit`].
+    unsafe fn write(&mut self, ctx: &mut FlushContext, mut data: &[u8]) {
         while !data.is_empty() {
             let (off, n, lines) = if self.pos < self.lane_bytes {
                 let room = (self.lane_bytes - self.pos).min(data.len() as u64) as usize;
@@ -1541,8 +1545,9 @@ impl Sink<'_> {
                     &mut self.ext_lines,
                 )
             };
-            // SAFETY: the caller's contract.
-            unsafe { self.pool.copy_nodrain(ctx, off, &data[..n]) };
+            // SAFETY: the caller's contract. Non-temporal stores for every whole line: the log
+            // is not read back, and a drain after them completes sooner than after `clwb`.
+            unsafe { self.pool.copy_nt_nodrain(ctx, off, &data[..n]) };
             *lines += ((off + n as u64).div_ceil(CACHE_LINE) - off / CACHE_LINE) as usize;
             self.pos += n as u64;
             data = &data[n..];
@@ -1597,8 +1602,23 @@ impl SlotWriter<'_, '_> {
     /// # Safety
     /// As [`Sink::emit`].
     unsafe fn finish(&mut self, ctx: &mut FlushContext) {
-        // SAFETY: forwarded.
-        unsafe { self.sink.emit(ctx, self.stage) };
+        const LINE: u64 = CACHE_LINE;
+        let (pos, len) = (self.sink.pos, self.stage.len() as u64);
+        let end = pos + len;
+        // A last piece ending inside a line of the lane is padded with zeros to the line's end
+        // (within the lane's slots): the whole line then goes with non-temporal stores. The
+        // padding lies past the log's `count` slots, which readers ignore (docs/REDO.md §2.2),
+        // so it is neither checksummed nor counted.
+        let pad = if end < self.sink.lane_bytes && end % LINE != 0 {
+            (end.next_multiple_of(LINE).min(self.sink.lane_bytes) - end) as usize
+        } else {
+            0
+        };
+        self.sink.crc = crc32c::crc32c_append(self.sink.crc, self.stage);
+        self.stage.resize(len as usize + pad, 0);
+        // SAFETY: forwarded; the padding stays inside the lane's slots (bounded above).
+        unsafe { self.sink.write(ctx, self.stage) };
+        self.sink.pos -= pad as u64;
         self.stage.clear();
     }
 }
