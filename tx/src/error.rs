@@ -19,9 +19,9 @@ pub enum TxError {
     /// A null [`PPtr`](crate::PPtr) was dereferenced or freed.
     #[error("null persistent pointer")]
     Null,
-    /// A pointer whose object does not lie inside the pool's object regions (the root area
-    /// and the heap's chunk data): never dereferenced.
-    #[error("persistent pointer {offset:#x} (+{len} bytes) is outside the pool's object regions")]
+    /// A pointer whose object does not lie inside the pool's object region (the heap's chunk
+    /// data): never dereferenced.
+    #[error("persistent pointer {offset:#x} (+{len} bytes) is outside the pool's object region")]
     InvalidPointer {
         /// The pointer's offset.
         offset: u64,
@@ -56,15 +56,6 @@ pub enum TxError {
     DoubleFree {
         /// The pointer's offset.
         offset: u64,
-    },
-    /// A read spans several objects this transaction has modified, or modified and unmodified
-    /// bytes, in a way that cannot be served as one reference: read the parts separately.
-    #[error("read of {offset:#x} (+{len} bytes) straddles bytes modified in this transaction")]
-    Straddle {
-        /// The pointer's offset.
-        offset: u64,
-        /// The size read.
-        len: u64,
     },
     /// A reserved (must-be-zero) byte of the root area is not zero: the pool was written by a
     /// buggy or foreign writer (`docs/FORMAT.md` §6.1). Found after log recovery; nothing else

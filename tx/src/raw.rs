@@ -26,3 +26,16 @@ pub(crate) unsafe fn pool_bytes(pool: &RawPool, offset: u64, len: u64) -> &[u8] 
     // `pool` and so as the returned slice; no writer while it lives: the caller's contract.
     unsafe { std::slice::from_raw_parts(p, len as usize) }
 }
+
+/// A shared slice of `s`'s elements with a caller-chosen lifetime: for read snapshots kept in
+/// a transaction's arena, whose boxes are only ever pushed while shared borrows may be live.
+///
+/// # Safety
+/// The allocation `s` points into outlives `'a`, is not moved (a boxed slice's contents stay
+/// put when the `Box` itself moves), and is neither mutated nor freed while the returned slice
+/// lives: the arena drops or clears its boxes only through `&mut` access to the transaction,
+/// which ends every borrow derived from `&Tx`.
+pub(crate) unsafe fn detach<'a, T>(s: &[T]) -> &'a [T] {
+    // SAFETY: the caller's contract: valid, unmoved and unmodified for `'a`.
+    unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) }
+}

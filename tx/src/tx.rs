@@ -85,6 +85,10 @@ pub struct Tx<'p> {
     locks: RefCell<LockSet>,
     /// Shadows, sorted by `start`, disjoint (no two share a line).
     shadows: Vec<Shadow>,
+    /// Read snapshots: copies served by [`Tx::get`] for reads that straddle shadows. Boxes are
+    /// only pushed through `&self` and dropped through `&mut self` (or at the end), so a slice
+    /// of one stays valid while the `&Tx` it was borrowed from does.
+    snapshots: RefCell<Vec<Box<[Line]>>>,
     /// Blocks reserved by this transaction, published at commit.
     allocs: Vec<Reservation>,
     /// Blocks reserved and then freed by this transaction: cancelled when it ends (not
@@ -132,6 +136,7 @@ impl<'p> Tx<'p> {
             pool,
             locks: RefCell::new(LockSet::new()),
             shadows: Vec::new(),
+            snapshots: RefCell::new(Vec::new()),
             allocs: Vec::new(),
             dead_allocs: Vec::new(),
             frees: Vec::new(),
@@ -231,7 +236,7 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// [`TxError::Null`], [`TxError::Misaligned`], [`TxError::InvalidPointer`] (not inside the
-    /// heap's object region), [`TxError::UseAfterFree`], [`TxError::Straddle`],
+    /// heap's object region), [`TxError::UseAfterFree`],
     /// [`TxError::Conflict`] (the transaction is then retried by
     /// [`Pool::transaction`]: just return the error, e.g. with `?`).
     pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
@@ -272,10 +277,38 @@ impl<'p> Tx<'p> {
             let at = (off - s.start) as usize;
             return Ok(&s.bytes()[at..at + len as usize]);
         }
-        if !self.overlapping(ls, le).is_empty() {
-            return Err(TxError::Straddle { offset: off, len });
-        }
         let table = self.pool.lock_table();
+        let overlap = self.overlapping(ls, le);
+        if !overlap.is_empty() {
+            // The bytes straddle this transaction's shadows: a snapshot composed of the pool's
+            // lines (under a shared lock; the shadowed stripes are ours already) overlaid with
+            // the shadows.
+            self.locks
+                .borrow_mut()
+                .lock_shared(table, ls, le - ls)
+                .map_err(|_| self.conflict())?;
+            let mut buf =
+                vec![Line::zeroed(); ((le - ls) / CACHE_LINE) as usize].into_boxed_slice();
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+            // SAFETY: we hold at least a shared lock on every stripe covering [ls, le), so no
+            // other thread writes those bytes.
+            unsafe { raw::read_bytes(self.pool.raw(), ls, bytes) };
+            for sh in &self.shadows[overlap] {
+                let (a, b) = (sh.start.max(ls), sh.end().min(le));
+                bytes[(a - ls) as usize..(b - ls) as usize]
+                    .copy_from_slice(&sh.bytes()[(a - sh.start) as usize..(b - sh.start) as usize]);
+            }
+            let mut snaps = self.snapshots.borrow_mut();
+            snaps.push(buf);
+            // SAFETY: the box just pushed is never mutated, moved out of or dropped while `&self`
+            // borrows live: the arena only grows through `&self`, and is cleared only through
+            // `&mut self` (`shadow_mut`) or when the transaction is dropped, which end every
+            // borrow of `self` (the returned slice borrows `self`).
+            let lines = unsafe { raw::detach(&snaps[snaps.len() - 1]) };
+            drop(snaps);
+            let at = (off - ls) as usize;
+            return Ok(&bytemuck::cast_slice(lines)[at..at + len as usize]);
+        }
         self.locks
             .borrow_mut()
             .lock_shared(table, off, len)
@@ -322,6 +355,8 @@ impl<'p> Tx<'p> {
     /// The shadow bytes of `[off, off + len)`, making (or widening) a shadow under an
     /// exclusive lock if needed.
     fn shadow_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        // `&mut self`: no snapshot is borrowed any more.
+        self.snapshots.get_mut().clear();
         let (ls, le) = line_bounds(off, len);
         let i = match self.containing(ls, le) {
             Some(i) => i,
