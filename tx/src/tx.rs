@@ -42,6 +42,23 @@ impl Shadow {
     }
 }
 
+/// Buffers a thread's transactions reuse (a transaction takes them at its start and gives
+/// them back when it ends), so that a small transaction allocates nothing.
+#[derive(Default)]
+struct Spare {
+    locks: LockSet,
+    shadows: Vec<Shadow>,
+    bufs: Vec<Vec<Line>>,
+}
+
+/// Buffers kept per thread: at most this many line buffers, of at most this many lines each.
+const SPARE_BUFS: usize = 16;
+const SPARE_BUF_LINES: usize = 256;
+
+thread_local! {
+    static SPARE: RefCell<Option<Spare>> = const { RefCell::new(None) };
+}
+
 /// The cache lines covering `[off, off + len)`.
 fn line_bounds(off: u64, len: u64) -> (u64, u64) {
     (
@@ -89,6 +106,8 @@ pub struct Tx<'p> {
     /// only pushed through `&self` and dropped through `&mut self` (or at the end), so a slice
     /// of one stays valid while the `&Tx` it was borrowed from does.
     snapshots: RefCell<Vec<Box<[Line]>>>,
+    /// Line buffers for new shadows (from this thread's spares).
+    bufs: Vec<Vec<Line>>,
     /// Blocks reserved by this transaction, published at commit.
     allocs: Vec<Reservation>,
     /// Blocks reserved and then freed by this transaction: cancelled when it ends (not
@@ -126,16 +145,39 @@ impl Drop for Tx<'_> {
         // write after this point, so the order only matters for clarity).
         self.allocs.clear();
         self.dead_allocs.clear();
-        self.locks.get_mut().release_all(self.pool.lock_table());
+        let mut locks = std::mem::take(self.locks.get_mut());
+        locks.release_all(self.pool.lock_table());
+        // Give the buffers back to this thread (`Tx` is `!Send`: this is the thread that made
+        // it); a buffer too large, or one too many, is freed.
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let mut shadows = std::mem::take(&mut self.shadows);
+        for s in shadows.drain(..) {
+            if bufs.len() < SPARE_BUFS && s.buf.capacity() <= SPARE_BUF_LINES {
+                bufs.push(s.buf);
+            }
+        }
+        let _ = SPARE.try_with(|sp| {
+            *sp.borrow_mut() = Some(Spare {
+                locks,
+                shadows,
+                bufs,
+            })
+        });
     }
 }
 
 impl<'p> Tx<'p> {
     pub(crate) fn new(pool: &'p Pool, writable: bool) -> Tx<'p> {
+        let spare = SPARE
+            .try_with(|sp| sp.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         Tx {
             pool,
-            locks: RefCell::new(LockSet::new()),
-            shadows: Vec::new(),
+            locks: RefCell::new(spare.locks),
+            shadows: spare.shadows,
+            bufs: spare.bufs,
             snapshots: RefCell::new(Vec::new()),
             allocs: Vec::new(),
             dead_allocs: Vec::new(),
@@ -382,16 +424,19 @@ impl<'p> Tx<'p> {
                     .clone()
                     .last()
                     .map_or(le, |j| self.shadows[j].end().max(le));
-                let mut s = Shadow {
-                    start,
-                    buf: vec![Line::zeroed(); ((end - start) / CACHE_LINE) as usize],
-                };
+                let mut buf = self.bufs.pop().unwrap_or_default();
+                buf.clear();
+                buf.resize(((end - start) / CACHE_LINE) as usize, Line::zeroed());
+                let mut s = Shadow { start, buf };
                 // SAFETY: every byte of [start, end) is covered by stripes this transaction
                 // holds exclusively (above), so no other thread writes them.
                 unsafe { raw::read_bytes(self.pool.raw(), start, s.bytes_mut()) };
                 for old in self.shadows.drain(r.clone()) {
                     let at = (old.start - start) as usize;
                     s.bytes_mut()[at..at + old.bytes().len()].copy_from_slice(old.bytes());
+                    if old.buf.capacity() <= SPARE_BUF_LINES {
+                        self.bufs.push(old.buf);
+                    }
                 }
                 self.shadows.insert(r.start, s);
                 r.start
