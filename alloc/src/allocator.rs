@@ -621,6 +621,7 @@ impl Heap {
                 &[(dest, off)],
                 &[],
                 Vec::new(),
+                None,
             )
         }?;
         Ok(off)
@@ -798,7 +799,18 @@ impl Heap {
         words: &[(u64, u64)],
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.publish_inner(pool, None, reservations, frees, words, &[], Vec::new()) }
+        unsafe {
+            self.publish_inner(
+                pool,
+                None,
+                reservations,
+                frees,
+                words,
+                &[],
+                Vec::new(),
+                None,
+            )
+        }
     }
 
     /// [`Heap::publish`] through a lane taken with [`Heap::lane`].
@@ -845,6 +857,39 @@ impl Heap {
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
     ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe {
+            self.publish_ranges_with_ext(lane, pool, reservations, frees, words, ranges, None)
+        }
+    }
+
+    /// [`Heap::publish_ranges_with`] with a log extension the caller reserved
+    /// ([`Heap::reserve_log_extension`], of at least [`Heap::log_extension_bytes`] of
+    /// [`Heap::publication_slots_bound`] bytes) and owns like its ranges — so that a caller
+    /// whose readers must be kept away from every byte it writes (the transaction layer's
+    /// locks) can lock the extension too. `None`: the heap reserves one itself if the log needs
+    /// it. The extension is released (dropped) when the call returns.
+    ///
+    /// # Safety
+    /// As [`Heap::publish_ranges_with`]; and no other thread accesses the extension's bytes
+    /// during the call.
+    ///
+    /// # Errors
+    /// As [`Heap::publish`]; [`AllocError::LogFull`] if `ext` is smaller than the log needs.
+    ///
+    /// # Panics
+    /// As [`Heap::publish_with`], and if `ext` was made by another heap.
+    #[allow(clippy::too_many_arguments)] // the transaction layer's one entry point
+    pub unsafe fn publish_ranges_with_ext(
+        &self,
+        lane: &mut LaneGuard<'_>,
+        pool: &Pool,
+        reservations: &mut Vec<Reservation>,
+        frees: &[u64],
+        words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
+        ext: Option<Reservation>,
+    ) -> Result<()> {
         assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
         // SAFETY: forwarded.
         unsafe {
@@ -856,8 +901,42 @@ impl Heap {
                 words,
                 ranges,
                 Vec::new(),
+                ext,
             )
         }
+    }
+
+    /// The most 16-byte log slots a publication of `reservations` reservations, `frees`
+    /// frees, `words` extra words and `ranges` can need (per reservation or free a bitmap word
+    /// and a run or span header; then the words and ranges).
+    pub fn publication_slots_bound(
+        &self,
+        reservations: usize,
+        frees: usize,
+        words: usize,
+        ranges: &[RedoRange<'_>],
+    ) -> usize {
+        2 * (reservations + frees)
+            + words
+            + ranges
+                .iter()
+                .map(|r| range_slots(r.data.len()))
+                .sum::<usize>()
+    }
+
+    /// Bytes of log extension a log of `slots` slots needs (0 if it fits a lane).
+    pub fn log_extension_bytes(&self, slots: usize) -> u64 {
+        self.logs.layout().ext_slots(slots) as u64 * REDO_ENTRY_SIZE
+    }
+
+    /// Reserves a block (or span) to hold `bytes` bytes of log extension, cache-line aligned,
+    /// for [`Heap::publish_ranges_with_ext`]. Nothing persistent is written.
+    ///
+    /// # Errors
+    /// [`AllocError::OutOfSpace`], [`AllocError::TooLarge`], [`AllocError::CorruptHeap`].
+    pub fn reserve_log_extension(&self, pool: &Pool, bytes: u64) -> Result<Reservation> {
+        self.check_pool(pool);
+        self.reserve_extension(pool, bytes)
     }
 
     /// # Safety
@@ -875,6 +954,7 @@ impl Heap {
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
         candidates: Vec<Arc<Run>>,
+        ext_given: Option<Reservation>,
     ) -> Result<()> {
         self.check_pool(pool);
         if candidates.is_empty() && self.core.release_pending.load(Ordering::Acquire) {
@@ -894,6 +974,7 @@ impl Heap {
                         &[],
                         &[],
                         queued,
+                        None,
                     )
                 }?;
             }
@@ -916,18 +997,27 @@ impl Heap {
         // header, per candidate a header, then the words and ranges. A publication that turns
         // out to fit the lane does not use it. Cancelled (dropped) after the commit, success
         // or not, once every lock below is released (`docs/REDO.md` §6.6).
-        let bound = 2 * (reservations.len() + frees.len())
-            + candidates.len()
-            + words.len()
-            + ranges
-                .iter()
-                .map(|r| range_slots(r.data.len()))
-                .sum::<usize>();
-        let ext_bytes = self.logs.layout().ext_slots(bound) as u64 * REDO_ENTRY_SIZE;
-        let ext = if ext_bytes == 0 {
-            None
-        } else {
-            Some(self.reserve_extension(pool, ext_bytes)?)
+        let bound =
+            self.publication_slots_bound(reservations.len(), frees.len(), words.len(), ranges)
+                + candidates.len();
+        let ext_bytes = self.log_extension_bytes(bound);
+        let ext = match ext_given {
+            Some(r) => {
+                assert!(
+                    Arc::ptr_eq(&r.core, &self.core),
+                    "Reservation of another heap"
+                );
+                if r.size() < ext_bytes {
+                    return Err(AllocError::LogFull {
+                        needed: bound,
+                        capacity: self.logs.layout().capacity()
+                            + (r.size() / REDO_ENTRY_SIZE) as usize,
+                    });
+                }
+                Some(r)
+            }
+            None if ext_bytes == 0 => None,
+            None => Some(self.reserve_extension(pool, ext_bytes)?),
         };
         let ext_region = ext.as_ref().map(|r| (r.offset(), r.size()));
         if frees.len() > 1 {
@@ -1168,6 +1258,7 @@ impl Heap {
                 &words,
                 &[],
                 Vec::new(),
+                None,
             )
         }
     }

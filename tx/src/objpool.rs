@@ -253,6 +253,12 @@ impl Pool {
                     LAST_COMMIT.with(|c| c.set(info));
                     return Ok(v);
                 }
+                // A lock the commit itself needed (its log extension) was busy: nothing was
+                // written; run the transaction again.
+                Err(TxError::Conflict) => {
+                    backoff(attempt);
+                    attempt = attempt.saturating_add(1);
+                }
                 Err(e) => return Err(e.into()),
             }
         }

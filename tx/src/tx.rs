@@ -697,15 +697,44 @@ impl<'p> Tx<'p> {
         }
         let frees: Vec<u64> = self.frees.iter().map(|&(o, _)| o).collect();
         let heap = pool.heap();
+        // A log too large for a lane continues in an extension block, which commit writes: this
+        // transaction reserves it and locks it like every other byte it writes, so that no
+        // reader (e.g. through a dangling pointer into that free block) can see it written.
+        let bound = heap.publication_slots_bound(self.allocs.len(), frees.len(), 0, &ranges);
+        let ext_bytes = heap.log_extension_bytes(bound);
+        let ext = if ext_bytes == 0 {
+            None
+        } else {
+            let r = heap.reserve_log_extension(raw, ext_bytes)?;
+            let table = pool.lock_table();
+            if self
+                .locks
+                .get_mut()
+                .lock_exclusive(table, r.offset(), r.size())
+                .is_err()
+            {
+                self.conflict.set(true);
+                return Err(TxError::Conflict);
+            }
+            Some(r)
+        };
         let mut lane = heap.lane();
         // SAFETY: one Heap per pool (the Pool's own). Every byte of every range lies in a
         // shadow's lines, under an exclusive lock of this transaction (no other thread reads
         // or writes them, and no reference to them is live: readers of pool bytes hold shared
-        // locks); so does every freed block. The reservations are ours. Ranges were checked to
-        // lie in the object regions or the root entry (never heap metadata or lanes; the
-        // allocator checks again).
+        // locks); so does every freed block, and the log extension (reserved and locked
+        // above). The reservations are ours. Ranges were checked to lie in the object regions
+        // or the root entry (never heap metadata or lanes; the allocator checks again).
         let r = unsafe {
-            heap.publish_ranges_with(&mut lane, raw, &mut self.allocs, &frees, &[], &ranges)
+            heap.publish_ranges_with_ext(
+                &mut lane,
+                raw,
+                &mut self.allocs,
+                &frees,
+                &[],
+                &ranges,
+                ext,
+            )
         };
         drop(lane);
         match r {
