@@ -13,8 +13,13 @@
 //! * the scratch block exists exactly when the counter is odd;
 //! * every allocated block is reachable (root, nodes, scratch), each once.
 //!
-//! `PMSTORE_TX_KILLS` sets the rounds of forced-flush mode on /dev/shm (default 60); msync mode
-//! on /var/tmp runs a third of them (default 20).
+//! `PMSTORE_TX_KILLS` sets the rounds of forced-flush mode on /dev/shm (default 120); msync
+//! mode on /var/tmp runs a third of them (default 80, more than a third of 120: its rounds are
+//! cheap). Together the defaults make 200 kills per run. Flush-mode rounds get slower as the
+//! run goes on: the child commits ~1,000 transactions per round and every check walks the
+//! whole list, so the time grows quadratically with the rounds (debug build, 2 cores: 160
+//! rounds ~60 s, 120 rounds ~35 s); msync commits are slow, the list stays short and a round
+//! takes ~40 ms.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -236,14 +241,15 @@ fn kill_rounds(dir: &Path, mode: ModeRequest, mode_name: &str, rounds: u64) {
 
 #[test]
 fn killed_transactions_forced_flush() {
-    let rounds = knob("PMSTORE_TX_KILLS", 60);
+    let rounds = knob("PMSTORE_TX_KILLS", 120);
     let dir = shm_dir();
     kill_rounds(dir.path(), ModeRequest::Flush, "flush", rounds);
 }
 
 #[test]
 fn killed_transactions_msync() {
-    let rounds = knob("PMSTORE_TX_KILLS", 60).div_ceil(3);
+    // Default 80 rounds (see the module docs); a third of `PMSTORE_TX_KILLS` when set.
+    let rounds = knob("PMSTORE_TX_KILLS", 240).div_ceil(3);
     let dir = disk_dir();
     kill_rounds(dir.path(), ModeRequest::Msync, "msync", rounds);
 }
