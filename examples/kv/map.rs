@@ -702,9 +702,7 @@ impl Kv {
         }
         let end = (start + MIGRATE_SLOTS).min(n);
         // The run of old slots is tombstoned as one range (one shadow instead of one per
-        // slot). It is read slot by slot: this transaction may have modified some of its lines
-        // already, and pmstore versions with `TxError::Straddle` refuse a read that overlaps
-        // modified and unmodified lines.
+        // slot). It is read slot by slot, before that shadow is taken.
         let run = PSlice::<Slot>::from_raw_parts(
             hd.old.offset() + start * size_of::<Slot>() as u64,
             end - start,

@@ -23,7 +23,6 @@ thread_local! {
         std::cell::Cell::new(CommitInfo {
             ranges: 0,
             range_bytes: 0,
-            direct_bytes: 0,
             allocs: 0,
             frees: 0,
             logged: false,

@@ -74,8 +74,6 @@ pub struct CommitInfo {
     pub ranges: usize,
     /// Bytes those ranges carry.
     pub range_bytes: u64,
-    /// Bytes of new blocks written directly (not logged) before the commit point.
-    pub direct_bytes: u64,
     /// Blocks allocated.
     pub allocs: usize,
     /// Blocks freed.

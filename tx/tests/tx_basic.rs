@@ -95,16 +95,9 @@ fn log_lines(len: u64) -> u64 {
     (64 + 16 + len.next_multiple_of(16)).div_ceil(64)
 }
 
-/// (ranges, range bytes, direct bytes, allocs, frees, logged) of a commit.
-fn summary(i: CommitInfo) -> (usize, u64, u64, usize, usize, bool) {
-    (
-        i.ranges,
-        i.range_bytes,
-        i.direct_bytes,
-        i.allocs,
-        i.frees,
-        i.logged,
-    )
+/// (ranges, range bytes, allocs, frees, logged) of a commit.
+fn summary(i: CommitInfo) -> (usize, u64, usize, usize, bool) {
+    (i.ranges, i.range_bytes, i.allocs, i.frees, i.logged)
 }
 
 fn allocated_bytes(pool: &Pool) -> u64 {
@@ -1049,14 +1042,8 @@ fn commit_costs_in_forced_flush_mode() {
     let info = pool.last_commit();
     assert_eq!(d.drains, 2, "{d:?}");
     assert_eq!(
-        (
-            info.ranges,
-            info.direct_bytes,
-            info.allocs,
-            info.frees,
-            info.logged
-        ),
-        (1, 0, 0, 0, true)
+        (info.ranges, info.allocs, info.frees, info.logged),
+        (1, 0, 0, true)
     );
     assert!(info.range_bytes == 8 || info.range_bytes == 64, "{info:?}");
     assert_eq!(
@@ -1122,7 +1109,6 @@ fn commit_costs_in_forced_flush_mode() {
         (1, 0, true),
         "{info:?}"
     );
-    assert_eq!(info.direct_bytes, 0, "{info:?}");
     assert!(
         (8 + 16..=64 + 64).contains(&info.range_bytes) && (1..=2).contains(&info.ranges),
         "{info:?}"
@@ -1169,7 +1155,6 @@ fn commit_costs_in_forced_flush_mode() {
         (1, 1, true),
         "{info:?}"
     );
-    assert_eq!(info.direct_bytes, 0, "{info:?}");
     assert!(
         (4096 + 16 + 16..=4096 + 64 + 64).contains(&info.range_bytes),
         "{info:?}"
@@ -1246,7 +1231,7 @@ fn a_12_kib_transaction_fits_a_lane() {
     })
     .unwrap();
     assert_eq!((pool.counters() - c0).drains, 2);
-    assert_eq!(summary(pool.last_commit()), (1, 12 << 10, 0, 0, 0, true));
+    assert_eq!(summary(pool.last_commit()), (1, 12 << 10, 0, 0, true));
     drop(pool);
     let pool = reopen(&path, L, ModeRequest::Flush);
     pool.read(|tx| {
