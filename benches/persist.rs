@@ -184,6 +184,57 @@ fn flush_mode(c: &mut Criterion) {
         unsafe { pool.copy_persist(ctx, off, black_box(&src4k)) }.expect("copy_persist");
     });
 
+    // Why a commit protocol with one drain would not be faster on such a CPU: a write-back
+    // left in flight (non-temporal line, or clwb of a line) is waited for by the next locked
+    // instruction (an atomic read-modify-write, as every lock release or `Arc` count does),
+    // just as by an sfence. Compare each `*_then_locked_op` with `*_then_store` (an ordinary
+    // store instead: no wait) and with `persist_64B` (an explicit drain).
+    let word = std::sync::atomic::AtomicU64::new(0);
+    let line = [0x3cu8; 64];
+    mk(64).run(
+        &mut g,
+        "nt_64B_then_locked_op",
+        PROBE_OPS_FLUSH,
+        |pool, ctx, off| {
+            // SAFETY: single-threaded benchmark; no reference into the pool is live, and
+            // `line` is not in the pool.
+            unsafe { pool.copy_nt_nodrain(ctx, off, black_box(&line)) };
+            word.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        },
+    );
+    mk(64).run(
+        &mut g,
+        "nt_64B_then_store",
+        PROBE_OPS_FLUSH,
+        |pool, ctx, off| {
+            // SAFETY: as above.
+            unsafe { pool.copy_nt_nodrain(ctx, off, black_box(&line)) };
+            word.store(off, std::sync::atomic::Ordering::Release);
+        },
+    );
+    mk(64).run(
+        &mut g,
+        "flush_64B_then_locked_op",
+        PROBE_OPS_FLUSH,
+        |pool, ctx, off| {
+            // SAFETY: single-threaded benchmark; no reference into the pool is live.
+            unsafe { pool.write(off, &off.to_le_bytes()) };
+            pool.flush(ctx, off, 64);
+            word.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        },
+    );
+    mk(64).run(
+        &mut g,
+        "flush_64B_then_store",
+        PROBE_OPS_FLUSH,
+        |pool, ctx, off| {
+            // SAFETY: single-threaded benchmark; no reference into the pool is live.
+            unsafe { pool.write(off, &off.to_le_bytes()) };
+            pool.flush(ctx, off, 64);
+            word.store(off, std::sync::atomic::Ordering::Release);
+        },
+    );
+
     g.finish();
 }
 
