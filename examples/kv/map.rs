@@ -1002,20 +1002,35 @@ fn value_of(e: PPtr<Header>, eh: &Header) -> PSlice<u8> {
 fn find_in(tx: &Tx<'_>, table: PSlice<Slot>, h: u64, key: &[u8]) -> Result<Option<Found>> {
     let mask = table.len() - 1;
     let mut i = h & mask;
-    for _ in 0..table.len() {
-        let s = *tx.get(table.at(i))?;
-        if s.is_empty() {
-            return Ok(None);
-        }
-        if s.hash == h && s.entry != MOVED {
-            let eh = *tx.get(s.entry)?;
-            if eh.klen as usize == key.len() && tx.get_slice(key_of(s.entry, &eh))? == key {
-                return Ok(Some((table, i, s, eh)));
+    let mut left = table.len();
+    while left > 0 {
+        let window = slot_window(table, i, left);
+        for (j, s) in tx.get_slice(window)?.iter().enumerate() {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            if s.hash == h && s.entry != MOVED {
+                let eh = *tx.get(s.entry)?;
+                if eh.klen as usize == key.len() && tx.get_slice(key_of(s.entry, &eh))? == key {
+                    return Ok(Some((table, i + j as u64, *s, eh)));
+                }
             }
         }
-        i = (i + 1) & mask;
+        left -= window.len();
+        i = (i + window.len()) & mask;
     }
     Ok(None)
+}
+
+/// The slots of `table` from `i` to the end of `i`'s 256-byte lock stripe (at most `left`, not
+/// past the table's end): a probe reads them with one [`Tx::get_slice`], i.e. one lock
+/// acquisition, instead of one [`Tx::get`] per slot.
+fn slot_window(table: PSlice<Slot>, i: u64, left: u64) -> PSlice<Slot> {
+    const STRIPE: u64 = 256;
+    let off = table.at(i).offset();
+    let in_stripe = (STRIPE - off % STRIPE) / size_of::<Slot>() as u64;
+    let len = in_stripe.max(1).min(table.len() - i).min(left);
+    PSlice::from_raw_parts(off, len)
 }
 
 /// Looks `key` up in the old table (if a resize is in progress), then in the current one.
@@ -1032,11 +1047,14 @@ fn find(tx: &Tx<'_>, hd: &Head, h: u64, key: &[u8]) -> Result<Option<Found>> {
 fn empty_slot(tx: &Tx<'_>, table: PSlice<Slot>, h: u64) -> Result<u64> {
     let mask = table.len() - 1;
     let mut i = h & mask;
-    for _ in 0..table.len() {
-        if tx.get(table.at(i))?.is_empty() {
-            return Ok(i);
+    let mut left = table.len();
+    while left > 0 {
+        let window = slot_window(table, i, left);
+        if let Some(j) = tx.get_slice(window)?.iter().position(Slot::is_empty) {
+            return Ok(i + j as u64);
         }
-        i = (i + 1) & mask;
+        left -= window.len();
+        i = (i + window.len()) & mask;
     }
     Err(KvError::TableFull)
 }
