@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pmstore_pool::{FlushContext, Pool};
+use smallvec::SmallVec;
 
 use crate::classes::{self, SizeClass};
 use crate::heap::{ChunkHeader, HeapCorruption, HeapGeometry, CHUNK, SCAN_GROUP};
@@ -316,19 +317,19 @@ fn thread_index() -> usize {
 struct Group {
     run: Arc<Run>,
     /// Reserved blocks to publish.
-    publish: Vec<u32>,
+    publish: SmallVec<[u32; 4]>,
     /// Allocated blocks to free, and their offsets.
-    free: Vec<u32>,
-    free_offsets: Vec<u64>,
+    free: SmallVec<[u32; 4]>,
+    free_offsets: SmallVec<[u64; 4]>,
 }
 
 impl Group {
     fn new(run: Arc<Run>) -> Group {
         Group {
             run,
-            publish: Vec::new(),
-            free: Vec::new(),
-            free_offsets: Vec::new(),
+            publish: SmallVec::new(),
+            free: SmallVec::new(),
+            free_offsets: SmallVec::new(),
         }
     }
 }
@@ -1030,8 +1031,10 @@ impl Heap {
 
         // Resolve the frees (scanning as needed), then group everything by run.
         // Usually one group: a small vector with a linear search beats a map.
-        let mut groups: Vec<Group> = Vec::with_capacity(reservations.len() + frees.len());
-        fn group_of(groups: &mut Vec<Group>, run: &Arc<Run>) -> usize {
+        // (Inline vectors here and below: a publication usually touches one run and a few
+        // words, and heap allocations were a quarter of an alloc + free pair's instructions.)
+        let mut groups: SmallVec<[Group; 2]> = SmallVec::new();
+        fn group_of(groups: &mut SmallVec<[Group; 2]>, run: &Arc<Run>) -> usize {
             match groups.iter().position(|g| g.run.start == run.start) {
                 Some(i) => i,
                 None => {
@@ -1085,10 +1088,10 @@ impl Heap {
         // Lock the runs in chunk order (the global order between run locks), validate the
         // frees, and build the entries.
         groups.sort_unstable_by_key(|g| g.run.start);
-        let mut guards: Vec<MutexGuard<'_, RunState>> =
+        let mut guards: SmallVec<[MutexGuard<'_, RunState>; 2]> =
             groups.iter().map(|g| lock(&g.run.state)).collect();
-        let mut entries = Vec::with_capacity(2 * groups.len() + span_res.len() + words.len() + 2);
-        let mut release = vec![false; groups.len()];
+        let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
+        let mut release: SmallVec<[bool; 2]> = smallvec::smallvec![false; groups.len()];
         for (i, (g, st)) in groups.iter().zip(guards.iter_mut()).enumerate() {
             if st.dead {
                 if g.publish.is_empty() && g.free.is_empty() {

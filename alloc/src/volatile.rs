@@ -7,6 +7,7 @@
 //! * [`LanePool`]: the pool of free lanes (a [`Mutex`]-guarded stack).
 
 use crossbeam_utils::CachePadded;
+use smallvec::SmallVec;
 
 use crate::primitive::{lock, yield_now, Mutex};
 
@@ -112,10 +113,10 @@ impl RunBits {
     ///
     /// # Panics
     /// If a block of `publish` is not reserved or one of `free` is not allocated.
-    pub fn publish_words(&self, publish: &[u32], free: &[u32]) -> Vec<(usize, u64)> {
-        // Usually one or two words: a small vector with a linear search beats a map.
-        let mut words: Vec<(usize, u64)> = Vec::with_capacity(publish.len() + free.len());
-        let index = |words: &mut Vec<(usize, u64)>, w: usize| -> usize {
+    pub fn publish_words(&self, publish: &[u32], free: &[u32]) -> SmallVec<[(usize, u64); 4]> {
+        // Usually one or two words: a small inline vector with a linear search beats a map.
+        let mut words: SmallVec<[(usize, u64); 4]> = SmallVec::new();
+        let index = |words: &mut SmallVec<[(usize, u64); 4]>, w: usize| -> usize {
             match words.iter().position(|&(x, _)| x == w) {
                 Some(i) => i,
                 None => {
