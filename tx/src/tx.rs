@@ -83,7 +83,6 @@ fn line_bounds(off: u64, len: u64) -> (u64, u64) {
 /// let info: CommitInfo = pool.last_commit();
 /// assert_eq!((info.allocs, info.frees), (1, 0));
 /// assert!(info.logged);
-/// pool.read(|tx| tx.get(root).map(drop))?; // reads only: commits nothing
 /// pool.transaction(|_tx| Ok::<_, TxError>(()))?; // changes nothing: logs nothing
 /// assert!(!pool.last_commit().logged);
 /// # Ok(())
