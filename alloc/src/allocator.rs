@@ -117,6 +117,25 @@ struct Lane {
 }
 
 /// Allocation statistics over the part of the heap scanned so far (see [`Heap::stats`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::classes::class_for;
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::Heap;
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let root = pool.geometry().root_offset;
+/// // SAFETY: one Heap per pool; this thread owns the root word.
+/// unsafe { heap.alloc(&pool, 100, root)? };
+/// let stats = heap.stats(&pool)?;
+/// assert_eq!(stats.bytes_allocated, 128);
+/// assert_eq!(stats.blocks_per_class[usize::from(class_for(100).unwrap().id)], 1);
+/// assert_eq!(stats.chunks, u64::from(heap.geometry().chunks));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
     /// Usable bytes of the live blocks and spans.
@@ -137,6 +156,30 @@ pub struct HeapStats {
 
 /// The persistent allocator of one pool. Make it with [`Heap::open`] (at most one per open
 /// pool); every operation takes the same `&Pool`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, OpenOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::Heap;
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("heap.pool");
+/// let mut pool = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let root = pool.geometry().root_offset; // the root word holds our block's offset
+/// // SAFETY: one Heap per pool; this thread owns the root word.
+/// let block = unsafe { heap.alloc(&pool, 256, root)? };
+/// drop((heap, pool));
+///
+/// let mut pool = Pool::open(&path, &OpenOptions::new("doc"))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let mut word = [0u8; 8];
+/// // SAFETY: nothing else uses the pool.
+/// unsafe { pool.read(root, &mut word) };
+/// assert_eq!(u64::from_ne_bytes(word), block); // allocated, and recorded, atomically
+/// assert_eq!(heap.usable_size(&pool, block)?, 256);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Heap {
     geo: HeapGeometry,
     /// Address of the pool's mapping, to check that operations get the right pool.
@@ -217,6 +260,25 @@ enum ResKind {
 /// was written. [`Heap::publish`] makes it allocated (atomically with other updates);
 /// [`Heap::cancel`] or dropping it returns it to the free state. A crash before publication
 /// loses nothing: the heap on media never saw it.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::{AllocError, Heap};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let r = heap.reserve(&pool, 40)?;
+/// let off = r.offset();
+/// assert!(matches!(heap.usable_size(&pool, off), Err(AllocError::InvalidFree { .. }))); // not allocated
+/// let mut rs = vec![r];
+/// // SAFETY: one Heap per pool.
+/// unsafe { heap.publish(&pool, &mut rs, &[], &[])? };
+/// assert!(rs.is_empty()); // published
+/// assert_eq!(heap.usable_size(&pool, off)?, 48);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a reservation is cancelled when dropped; publish it to allocate the block"]
 pub struct Reservation {
     offset: u64,
@@ -228,11 +290,39 @@ pub struct Reservation {
 
 impl Reservation {
     /// Pool offset of the reserved block or span (where its object will live).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let r = heap.reserve(&pool, 64)?;
+    /// assert_eq!(r.offset() % 64, 0); // 64 bytes or more: cache-line aligned
+    /// assert_eq!(heap.geometry().chunk_of(r.offset()), Some(0)); // in the heap's data area
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn offset(&self) -> u64 {
         self.offset
     }
 
     /// Its usable size (class size, or `len × CHUNK` for a span).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::heap::CHUNK;
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// assert_eq!(heap.reserve(&pool, 1000)?.size(), 1024); // a class
+    /// assert_eq!(heap.reserve(&pool, CHUNK + 1)?.size(), 2 * CHUNK); // a span
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -258,6 +348,22 @@ impl Drop for Reservation {
 /// A lane taken from the heap's pool by [`Heap::lane`] for the duration of a transaction;
 /// returned to the pool when dropped. Publish through it with [`Heap::publish_with`]; its
 /// redo log and flush context are available through [`LaneGuard::parts`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::Heap;
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let mut lane = heap.lane(); // one lane for a whole transaction
+/// let mut rs = vec![heap.reserve(&pool, 32)?, heap.reserve(&pool, 32)?];
+/// // SAFETY: one Heap per pool.
+/// unsafe { heap.publish_with(&mut lane, &pool, &mut rs, &[], &[])? };
+/// assert_eq!(heap.stats(&pool)?.bytes_allocated, 64);
+/// # Ok(())
+/// # }
+/// ```
 pub struct LaneGuard<'a> {
     heap: &'a Heap,
     lane: Option<Lane>,
@@ -269,12 +375,44 @@ impl LaneGuard<'_> {
     }
 
     /// The lane's index.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let (a, b) = (heap.lane(), heap.lane());
+    /// assert_ne!(a.index(), b.index()); // each guard holds its own lane
+    /// assert!(a.index() < pool.geometry().lane_count);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn index(&self) -> u32 {
         self.lane.as_ref().expect("present until drop").log.lane()
     }
 
     /// The lane's redo log and flush context (e.g. for the transaction layer's own commits;
     /// [`LaneLog::commit`]'s contract applies).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoEntry;
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = heap.lane();
+    /// let (log, ctx) = lane.parts();
+    /// // SAFETY: this thread owns the root area; the heap's logs are the pool's only ones.
+    /// let stats = unsafe { log.commit(&pool, ctx, &[RedoEntry::new(root, 9)])? };
+    /// assert_eq!(stats.drains, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn parts(&mut self) -> (&mut LaneLog, &mut FlushContext) {
         let l = self.get();
         (&mut l.log, &mut l.ctx)
@@ -346,6 +484,21 @@ impl Heap {
     ///
     /// # Errors
     /// Those of [`RedoLogs::recover`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    /// # let dir = tempfile::tempdir()?;
+    /// let mut pool = Pool::create(dir.path().join("heap.pool"), &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, report) = Heap::open(&mut pool)?; // recovery first, then the allocator
+    /// assert_eq!(report.logs_replayed, 0);
+    /// assert_eq!(heap.stats(&pool)?.bytes_allocated, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(pool: &mut Pool) -> Result<(Heap, RecoveryReport)> {
         let (logs, report) = RedoLogs::recover(pool)?;
         let g = pool.geometry();
@@ -379,11 +532,45 @@ impl Heap {
     }
 
     /// The heap's geometry.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let g = heap.geometry();
+    /// assert_eq!(g.heap_offset, pool.geometry().heap_offset);
+    /// assert!(g.data_end() <= pool.size());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn geometry(&self) -> &HeapGeometry {
         &self.geo
     }
 
     /// The redo logs (for callers that need [`RedoLogs::sync_invalidations`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: one Heap per pool; this thread owns the root word.
+    /// unsafe { heap.alloc(&pool, 64, root)? };
+    /// // Before storing to `root` with a plain store, make the log invalidation durable.
+    /// let mut ctx = pool.flush_context();
+    /// heap.redo_logs().sync_invalidations(&pool, &mut ctx)?;
+    /// assert_eq!(heap.redo_logs().pending_invalidations(), 0);
+    /// // SAFETY: this thread owns the root word.
+    /// unsafe { pool.write(root, &0u64.to_ne_bytes()) };
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn redo_logs(&self) -> &RedoLogs {
         &self.logs
     }
@@ -569,6 +756,21 @@ impl Heap {
     /// without a guard ([`Heap::alloc`], [`Heap::free`], [`Heap::publish`]) take one for
     /// themselves, so a thread holding every lane's guard must not call them (it would wait
     /// forever); use [`Heap::publish_with`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE).lanes(1, 4096))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let lane = heap.lane();
+    /// assert!(heap.try_lane().is_none()); // the only lane is taken
+    /// drop(lane);
+    /// assert!(heap.try_lane().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
@@ -577,6 +779,19 @@ impl Heap {
     }
 
     /// Like [`Heap::lane`], but `None` instead of waiting if every lane is taken.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE).lanes(2, 4096))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let guards: Vec<_> = std::iter::from_fn(|| heap.try_lane()).collect();
+    /// assert_eq!(guards.len(), 2); // then `None`: every lane is taken
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn try_lane(&self) -> Option<LaneGuard<'_>> {
         Some(LaneGuard {
             heap: self,
@@ -607,6 +822,32 @@ impl Heap {
     ///
     /// # Panics
     /// If `pool` is not the pool this heap was opened on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::{AllocError, Heap, TargetError};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: one Heap per pool; this thread owns the root word.
+    /// let block = unsafe { heap.alloc(&pool, 24, root)? };
+    /// let mut word = [0u8; 8];
+    /// // SAFETY: as above.
+    /// unsafe { pool.read(root, &mut word) };
+    /// assert_eq!(u64::from_ne_bytes(word), block);
+    /// assert_eq!(heap.usable_size(&pool, block)?, 32);
+    /// // The destination word may not be in the heap's metadata.
+    /// let meta = heap.geometry().header_offset(0);
+    /// // SAFETY: as above.
+    /// let err = unsafe { heap.alloc(&pool, 24, meta) };
+    /// assert!(matches!(err, Err(AllocError::InvalidTarget { reason: TargetError::InHeapMetadata, .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn alloc(&self, pool: &Pool, size: u64, dest: u64) -> Result<u64> {
         self.check_pool(pool);
         self.check_dest(0, dest)?;
@@ -640,6 +881,25 @@ impl Heap {
     ///
     /// # Panics
     /// If `pool` is not the pool this heap was opened on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::{AllocError, Heap};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let a = heap.reserve(&pool, 16)?;
+    /// let b = heap.reserve(&pool, 16)?;
+    /// assert_ne!(a.offset(), b.offset()); // never handed out twice
+    /// assert!(matches!(heap.reserve(&pool, 1 << 40), Err(AllocError::TooLarge { .. })));
+    /// drop(a); // cancelled: free again
+    /// assert_eq!(heap.stats(&pool)?.bytes_allocated, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn reserve(&self, pool: &Pool, size: u64) -> Result<Reservation> {
         self.check_pool(pool);
         match classes::class_for(size) {
@@ -652,6 +912,23 @@ impl Heap {
     ///
     /// # Panics
     /// If `r` was made by another heap.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let r = heap.reserve(&pool, 16)?;
+    /// let off = r.offset();
+    /// heap.cancel(r);
+    /// assert_eq!(heap.reserve(&pool, 16)?.offset(), off); // the lowest free block again
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn cancel(&self, r: Reservation) {
         assert!(
             Arc::ptr_eq(&r.core, &self.core),
@@ -792,6 +1069,32 @@ impl Heap {
     /// # Panics
     /// If `pool` is not the pool this heap was opened on, or a reservation was made by another
     /// heap.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::{AllocError, Heap};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY (every call below): one Heap per pool; this thread owns the root words.
+    /// let old = unsafe { heap.alloc(&pool, 64, root)? };
+    /// // Replace the block atomically: allocate a new one, free the old, repoint the root.
+    /// let new = heap.reserve(&pool, 64)?;
+    /// let new_off = new.offset();
+    /// let mut rs = vec![new];
+    /// unsafe { heap.publish(&pool, &mut rs, &[old], &[(root, new_off)])? };
+    /// assert_eq!(heap.usable_size(&pool, new_off)?, 64);
+    /// assert!(matches!(heap.usable_size(&pool, old), Err(AllocError::InvalidFree { .. })));
+    /// // Freeing it again fails, and writes nothing.
+    /// let err = unsafe { heap.publish(&pool, &mut Vec::new(), &[old], &[]) };
+    /// assert!(matches!(err, Err(AllocError::DoubleFree { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn publish(
         &self,
         pool: &Pool,
@@ -824,6 +1127,26 @@ impl Heap {
     ///
     /// # Panics
     /// As [`Heap::publish`], and if `lane` is another heap's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = heap.lane();
+    /// let r = heap.reserve(&pool, 128)?;
+    /// let off = r.offset();
+    /// // SAFETY: one Heap per pool; this thread owns the root word.
+    /// unsafe { heap.publish_with(&mut lane, &pool, &mut vec![r], &[], &[(root, off)])? };
+    /// assert_eq!(heap.usable_size(&pool, off)?, 128);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn publish_with(
         &self,
         lane: &mut LaneGuard<'_>,
@@ -849,6 +1172,32 @@ impl Heap {
     ///
     /// # Panics
     /// As [`Heap::publish_with`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoRange;
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let mut lane = heap.lane();
+    /// // A new object with its contents, published in one commit.
+    /// let r = heap.reserve(&pool, 32)?;
+    /// let off = r.offset();
+    /// let contents = [5u8; 32];
+    /// let ranges = [RedoRange { target: off, data: &contents }];
+    /// // SAFETY: one Heap per pool; the reserved block is this thread's.
+    /// unsafe { heap.publish_ranges_with(&mut lane, &pool, &mut vec![r], &[], &[], &ranges)? };
+    /// let mut back = [0u8; 32];
+    /// // SAFETY: as above.
+    /// unsafe { pool.read(off, &mut back) };
+    /// assert_eq!(back, contents);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn publish_ranges_with(
         &self,
         lane: &mut LaneGuard<'_>,
@@ -880,6 +1229,33 @@ impl Heap {
     ///
     /// # Panics
     /// As [`Heap::publish_with`], and if `ext` was made by another heap.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoRange;
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).lanes(4, 4096); // 252-slot logs
+    /// let (mut pool, _sim) = Pool::create_simulated(&opts)?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let r = heap.reserve(&pool, 8192)?;
+    /// let off = r.offset();
+    /// let data = vec![1u8; 8192];
+    /// let ranges = [RedoRange { target: off, data: &data }];
+    /// let slots = heap.publication_slots_bound(1, 0, 0, &ranges);
+    /// let ext = heap.reserve_log_extension(&pool, heap.log_extension_bytes(slots))?;
+    /// let mut lane = heap.lane();
+    /// // SAFETY: one Heap per pool; the reserved block and the extension are this thread's.
+    /// unsafe {
+    ///     heap.publish_ranges_with_ext(&mut lane, &pool, &mut vec![r], &[], &[], &ranges, Some(ext))?
+    /// };
+    /// assert_eq!(heap.stats(&pool)?.bytes_allocated, 8192); // the extension was released
+    /// # Ok(())
+    /// # }
+    /// ```
     #[allow(clippy::too_many_arguments)] // the transaction layer's one entry point
     pub unsafe fn publish_ranges_with_ext(
         &self,
@@ -910,6 +1286,22 @@ impl Heap {
     /// The most 16-byte log slots a publication of `reservations` reservations, `frees`
     /// frees, `words` extra words and `ranges` can need (per reservation or free a bitmap word
     /// and a run or span header; then the words and ranges).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{range_slots, RedoRange};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let data = [0u8; 40];
+    /// let ranges = [RedoRange { target: 4096, data: &data }];
+    /// // Two slots per reservation and per free, one per word, then the ranges.
+    /// assert_eq!(heap.publication_slots_bound(1, 1, 3, &ranges), 2 + 2 + 3 + range_slots(40));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn publication_slots_bound(
         &self,
         reservations: usize,
@@ -926,6 +1318,21 @@ impl Heap {
     }
 
     /// Bytes of log extension a log of `slots` slots needs (0 if it fits a lane).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::REDO_CAPACITY;
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).lanes(4, 4096);
+    /// let (mut pool, _sim) = Pool::create_simulated(&opts)?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// assert_eq!(heap.log_extension_bytes(REDO_CAPACITY), 0); // fits the lane
+    /// assert_eq!(heap.log_extension_bytes(REDO_CAPACITY + 10), 160);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn log_extension_bytes(&self, slots: usize) -> u64 {
         self.logs.layout().ext_slots(slots) as u64 * REDO_ENTRY_SIZE
     }
@@ -935,6 +1342,22 @@ impl Heap {
     ///
     /// # Errors
     /// [`AllocError::OutOfSpace`], [`AllocError::TooLarge`], [`AllocError::CorruptHeap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let ext = heap.reserve_log_extension(&pool, 160)?;
+    /// assert_eq!(ext.offset() % 64, 0); // starts on a cache line
+    /// assert!(ext.size() >= 160);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn reserve_log_extension(&self, pool: &Pool, bytes: u64) -> Result<Reservation> {
         self.check_pool(pool);
         self.reserve_extension(pool, bytes)
@@ -1249,6 +1672,33 @@ impl Heap {
     ///
     /// # Panics
     /// If `pool` is not the pool this heap was opened on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::{AllocError, Heap};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY (every call): one Heap per pool; this thread owns the root words.
+    /// let block = unsafe { heap.alloc(&pool, 64, root)? };
+    /// let other = unsafe { heap.alloc(&pool, 64, root + 8)? }; // keeps the run alive
+    /// unsafe { heap.free(&pool, block, Some(root))? }; // frees it and clears the root word
+    /// let mut word = [0xffu8; 8];
+    /// unsafe { pool.read(root, &mut word) };
+    /// assert_eq!(word, [0; 8]);
+    /// let again = unsafe { heap.free(&pool, block, None) };
+    /// assert!(matches!(again, Err(AllocError::DoubleFree { .. }))); // nothing written
+    /// unsafe { heap.free(&pool, other, Some(root + 8))? };
+    /// // Its run is empty now and may be gone: a stale offset is then not even a block.
+    /// let stale = unsafe { heap.free(&pool, other, None) };
+    /// assert!(matches!(stale, Err(AllocError::InvalidFree { .. } | AllocError::DoubleFree { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
         let words: Vec<(u64, u64)> = dest.map(|d| (d, 0)).into_iter().collect();
         // SAFETY: forwarded from the caller.
@@ -1272,6 +1722,25 @@ impl Heap {
     /// # Errors
     /// [`AllocError::InvalidFree`] if `offset` is not the start of a live block or span;
     /// [`AllocError::CorruptHeap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::{AllocError, Heap};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: one Heap per pool; this thread owns the root word.
+    /// let block = unsafe { heap.alloc(&pool, 33, root)? };
+    /// assert_eq!(heap.usable_size(&pool, block)?, 48);
+    /// let inside = heap.usable_size(&pool, block + 8); // not the start of a block
+    /// assert!(matches!(inside, Err(AllocError::InvalidFree { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn usable_size(&self, pool: &Pool, offset: u64) -> Result<u64> {
         self.check_pool(pool);
         let invalid = AllocError::InvalidFree { offset };
@@ -1325,6 +1794,28 @@ impl Heap {
     ///
     /// # Errors
     /// [`AllocError::CorruptHeap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: one Heap per pool; this thread owns the root words.
+    /// let (a, b) = unsafe { (heap.alloc(&pool, 16, root)?, heap.alloc(&pool, 1000, root + 8)?) };
+    /// let mut live = Vec::new();
+    /// heap.for_each_allocated(&pool, |off, size| live.push((off, size)))?;
+    /// live.sort();
+    /// let mut expected = vec![(a, 16), (b, 1024)];
+    /// expected.sort();
+    /// assert_eq!(live, expected);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn for_each_allocated(&self, pool: &Pool, mut f: impl FnMut(u64, u64)) -> Result<()> {
         self.check_pool(pool);
         let (objs, _) = self.snapshot(pool, true)?;
@@ -1359,6 +1850,25 @@ impl Heap {
     ///
     /// # Errors
     /// [`AllocError::CorruptHeap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::heap::CHUNK;
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::Heap;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (heap, _) = Heap::open(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: one Heap per pool; this thread owns the root word.
+    /// unsafe { heap.alloc(&pool, 3 * CHUNK, root)? }; // a span of three chunks
+    /// let stats = heap.stats(&pool)?;
+    /// assert_eq!((stats.spans, stats.bytes_allocated), (1, 3 * CHUNK));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self, pool: &Pool) -> Result<HeapStats> {
         self.check_pool(pool);
         let (objs, ch) = self.snapshot(pool, false)?;

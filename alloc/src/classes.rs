@@ -15,6 +15,16 @@ pub const MIN_BLOCKS_PER_RUN: u64 = 8;
 pub const MAX_BLOCKS_PER_RUN: u64 = crate::heap::BITMAP_SLOT * 8;
 
 /// One size class.
+///
+/// ```
+/// use pmstore_alloc::classes::{class_for, SizeClass};
+/// use pmstore_alloc::heap::CHUNK;
+///
+/// let c: &SizeClass = class_for(100).unwrap(); // 100 bytes are served from 128-byte blocks
+/// assert_eq!(c.size, 128);
+/// assert_eq!(c.run_chunks, 1);
+/// assert_eq!(u64::from(c.blocks), u64::from(c.run_chunks) * CHUNK / c.size);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeClass {
     /// Class id (what a run's chunk header stores).
@@ -54,18 +64,46 @@ fn build() -> Vec<SizeClass> {
 }
 
 /// The class table, in increasing size order (`classes()[id].id == id`).
+///
+/// ```
+/// use pmstore_alloc::classes::{classes, MAX_CLASS, MIN_CLASS};
+///
+/// let table = classes();
+/// assert_eq!(table[0].size, MIN_CLASS);
+/// assert_eq!(table.last().unwrap().size, MAX_CLASS);
+/// assert!(table.windows(2).all(|w| w[0].size < w[1].size));
+/// assert!(table.iter().enumerate().all(|(i, c)| usize::from(c.id) == i));
+/// ```
 pub fn classes() -> &'static [SizeClass] {
     static TABLE: OnceLock<Vec<SizeClass>> = OnceLock::new();
     TABLE.get_or_init(build)
 }
 
 /// The class with id `id`, if any.
+///
+/// ```
+/// use pmstore_alloc::classes::{class, classes};
+///
+/// assert_eq!(class(0).map(|c| c.size), Some(16));
+/// let n = classes().len();
+/// assert!(class(u8::try_from(n).unwrap()).is_none()); // past the table
+/// ```
 pub fn class(id: u8) -> Option<&'static SizeClass> {
     classes().get(usize::from(id))
 }
 
 /// The smallest class holding `size` bytes (`size` 0 is served as 1), or `None` if `size`
 /// exceeds [`MAX_CLASS`] (a span).
+///
+/// ```
+/// use pmstore_alloc::classes::{class_for, MAX_CLASS};
+///
+/// assert_eq!(class_for(0).unwrap().size, 16);
+/// assert_eq!(class_for(17).unwrap().size, 32);
+/// assert_eq!(class_for(4096).unwrap().size, 4096); // every power of two is a class
+/// assert_eq!(class_for(MAX_CLASS).unwrap().size, MAX_CLASS);
+/// assert!(class_for(MAX_CLASS + 1).is_none()); // a span, not a run
+/// ```
 pub fn class_for(size: u64) -> Option<&'static SizeClass> {
     let t = classes();
     let i = t.partition_point(|c| c.size < size.max(1));

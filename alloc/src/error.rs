@@ -6,6 +6,31 @@ use pmstore_pool::PoolError;
 pub type Result<T, E = AllocError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the allocator layer (including its redo logs).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::{AllocError, Heap};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let root = pool.geometry().root_offset;
+/// // Fill the heap with spans of 1 MiB until it is out of space.
+/// let mut held = Vec::new();
+/// let err = loop {
+///     match heap.reserve(&pool, 1 << 20) {
+///         Ok(r) => held.push(r),
+///         Err(e) => break e,
+///     }
+/// };
+/// assert!(matches!(err, AllocError::OutOfSpace { size } if size == 1 << 20));
+/// assert!(err.to_string().starts_with("out of space"));
+/// // SAFETY: one Heap per pool; this thread owns the root word.
+/// let full = unsafe { heap.alloc(&pool, 1 << 20, root) };
+/// assert!(matches!(full, Err(AllocError::OutOfSpace { .. }))); // nothing written
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AllocError {
@@ -106,6 +131,23 @@ pub enum AllocError {
 }
 
 /// Why a redo target is refused (see `docs/REDO.md`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::{AllocError, Heap, TargetError};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (heap, _) = Heap::open(&mut pool)?;
+/// let lane0 = pool.geometry().lanes_offset;
+/// // SAFETY: one Heap per pool; the call is refused before anything is written.
+/// let err = unsafe { heap.alloc(&pool, 16, lane0) }.unwrap_err();
+/// let AllocError::InvalidTarget { reason, .. } = err else { panic!("{err}") };
+/// assert_eq!(reason, TargetError::InRedoLog { lane: 0 });
+/// assert_eq!(reason.to_string(), "inside the redo log region of lane 0");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TargetError {
@@ -147,6 +189,24 @@ pub enum TargetError {
 }
 
 /// What is wrong with a redo log whose checksum is valid (see [`AllocError::CorruptLog`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{encode_log, RedoEntry, RedoLogs};
+/// use pmstore_alloc::{AllocError, CorruptReason};
+///
+/// // A log whose checksum is right but that no writer produces: sequence number 0.
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let g = pool.geometry();
+/// let log = encode_log(0, &[RedoEntry::new(g.root_offset, 1)]);
+/// // SAFETY: nothing else uses the pool.
+/// unsafe { pool.write(g.lane_offset(2), &log) };
+/// let err = RedoLogs::recover(&mut pool).unwrap_err(); // refuses, modifying nothing
+/// assert!(matches!(err, AllocError::CorruptLog { lane: 2, seq: 0, reason: CorruptReason::ZeroSeq }));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CorruptReason {

@@ -17,6 +17,16 @@ pub const SCAN_GROUP: u32 = 1024;
 const PAGE: u64 = 4096;
 
 /// Where the heap's structures lie (pool offsets), derived from `heap_offset` and `heap_size`.
+///
+/// ```
+/// use pmstore_alloc::heap::{HeapGeometry, BITMAP_SLOT, CHUNK};
+///
+/// let g = HeapGeometry::new(1 << 20, 4 << 20); // a 4 MiB heap at 1 MiB
+/// assert_eq!(g.chunks, 15); // chunks, headers and bitmaps fit in 4 MiB
+/// assert_eq!(g.bitmaps, g.heap_offset + 8 * 15);
+/// assert!(g.bitmaps + 15 * BITMAP_SLOT <= g.data && g.data % 4096 == 0);
+/// assert!(g.data + 15 * CHUNK <= g.heap_offset + g.heap_size);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeapGeometry {
     /// `H`: first byte of the heap (chunk header 0).
@@ -31,9 +41,30 @@ pub struct HeapGeometry {
     pub data: u64,
 }
 
+/// Locating chunk headers, bitmaps and data.
+///
+/// ```
+/// use pmstore_alloc::heap::{HeapGeometry, CHUNK};
+///
+/// let g = HeapGeometry::new(1 << 20, 4 << 20);
+/// let off = g.chunk_offset(3) + 100;
+/// assert_eq!(g.chunk_of(off), Some(3));
+/// assert!(g.in_metadata(g.header_offset(3)));
+/// assert!(!g.in_metadata(off));
+/// assert_eq!(g.data_end() - g.data, u64::from(g.chunks) * CHUNK);
+/// ```
 impl HeapGeometry {
     /// The geometry of a heap `[heap_offset, heap_offset + heap_size)`: `N` is the largest
     /// `n` with `roundup(H + 8n + 2048n, 4096) + n × CHUNK <= H + S` (capped at `u32::MAX`).
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::{HeapGeometry, CHUNK};
+    ///
+    /// let g = HeapGeometry::new(4096, 8 * CHUNK);
+    /// assert_eq!(g.chunks, 7); // the metadata takes part of the eighth chunk's room
+    /// assert_eq!(g.data, 4096 * 5); // roundup(4096 + 7 × 2056, 4096)
+    /// assert_eq!(HeapGeometry::new(4096, 4096).chunks, 0); // too small for a chunk
+    /// ```
     pub fn new(heap_offset: u64, heap_size: u64) -> HeapGeometry {
         let end = heap_offset + heap_size;
         let fits = |n: u64| {
@@ -59,26 +90,67 @@ impl HeapGeometry {
     }
 
     /// Pool offset of chunk `i`'s header.
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::{HeapGeometry, CHUNK_HEADER};
+    ///
+    /// let g = HeapGeometry::new(1 << 20, 4 << 20);
+    /// assert_eq!(g.header_offset(0), 1 << 20);
+    /// assert_eq!(g.header_offset(2), (1 << 20) + 2 * CHUNK_HEADER);
+    /// ```
     pub fn header_offset(&self, i: u32) -> u64 {
         self.heap_offset + u64::from(i) * CHUNK_HEADER
     }
 
     /// Pool offset of chunk `i`'s bitmap slot.
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::{HeapGeometry, BITMAP_SLOT};
+    ///
+    /// let g = HeapGeometry::new(1 << 20, 4 << 20);
+    /// assert_eq!(g.bitmap_offset(0), g.bitmaps);
+    /// assert_eq!(g.bitmap_offset(1) - g.bitmap_offset(0), BITMAP_SLOT); // 2048 bytes
+    /// ```
     pub fn bitmap_offset(&self, i: u32) -> u64 {
         self.bitmaps + u64::from(i) * BITMAP_SLOT
     }
 
     /// Pool offset of chunk `i`'s first data byte.
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::{HeapGeometry, CHUNK};
+    ///
+    /// let g = HeapGeometry::new(1 << 20, 4 << 20);
+    /// assert_eq!(g.chunk_offset(0), g.data);
+    /// assert_eq!(g.chunk_offset(1), g.data + CHUNK);
+    /// ```
     pub fn chunk_offset(&self, i: u32) -> u64 {
         self.data + u64::from(i) * CHUNK
     }
 
     /// End of the data area: `D + N × CHUNK`.
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::HeapGeometry;
+    ///
+    /// let g = HeapGeometry::new(1 << 20, 4 << 20);
+    /// assert_eq!(g.data_end(), g.chunk_offset(g.chunks));
+    /// assert!(g.data_end() <= g.heap_offset + g.heap_size);
+    /// ```
     pub fn data_end(&self) -> u64 {
         self.chunk_offset(self.chunks)
     }
 
     /// The chunk holding pool offset `off`, if it is in the data area.
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::HeapGeometry;
+    ///
+    /// let g = HeapGeometry::new(1 << 20, 4 << 20);
+    /// assert_eq!(g.chunk_of(g.chunk_offset(2) + 5), Some(2));
+    /// assert_eq!(g.chunk_of(g.data - 1), None); // metadata
+    /// assert_eq!(g.chunk_of(g.data_end()), None); // past the last chunk
+    /// ```
     pub fn chunk_of(&self, off: u64) -> Option<u32> {
         (self.data..self.data_end())
             .contains(&off)
@@ -86,12 +158,31 @@ impl HeapGeometry {
     }
 
     /// Whether `off` lies in the heap's metadata (`[H, D)`).
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::HeapGeometry;
+    ///
+    /// let g = HeapGeometry::new(1 << 20, 4 << 20);
+    /// assert!(g.in_metadata(g.bitmap_offset(0)));
+    /// assert!(!g.in_metadata(g.data));
+    /// assert!(!g.in_metadata(g.heap_offset - 1));
+    /// ```
     pub fn in_metadata(&self, off: u64) -> bool {
         (self.heap_offset..self.data).contains(&off)
     }
 }
 
 /// A decoded chunk header (`docs/ALLOC.md` §2).
+///
+/// ```
+/// use pmstore_alloc::classes::class_for;
+/// use pmstore_alloc::heap::ChunkHeader;
+///
+/// let c = class_for(64).unwrap();
+/// let run = ChunkHeader::Run { class: c.id, len: c.run_chunks };
+/// assert_eq!(ChunkHeader::decode(run.encode()), Ok(run));
+/// assert_eq!(ChunkHeader::decode(0), Ok(ChunkHeader::Free));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkHeader {
     /// A free chunk, or one covered by an earlier run or span (header word 0).
@@ -118,6 +209,15 @@ pub const KIND_RUN: u8 = 1;
 pub const KIND_SPAN: u8 = 2;
 
 /// Why heap metadata is corrupt (see [`crate::AllocError::CorruptHeap`]).
+///
+/// ```
+/// use pmstore_alloc::heap::{ChunkHeader, HeapCorruption};
+///
+/// let err = ChunkHeader::decode(7).unwrap_err(); // kind byte 7
+/// assert_eq!(err, HeapCorruption::BadKind(7));
+/// assert_eq!(err.to_string(), "unknown chunk kind 7");
+/// assert_eq!(ChunkHeader::decode(1 << 16), Err(HeapCorruption::ReservedNotZero));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeapCorruption {
@@ -174,8 +274,28 @@ pub enum HeapCorruption {
     FreeBitmap,
 }
 
+/// Encoding, decoding and inspecting chunk headers.
+///
+/// ```
+/// use pmstore_alloc::heap::ChunkHeader;
+///
+/// let span = ChunkHeader::Span { len: 3 };
+/// let word = span.encode();
+/// assert_eq!(ChunkHeader::decode(word), Ok(span));
+/// assert_eq!(span.chunks(), 3);
+/// assert!(!span.is_free());
+/// ```
 impl ChunkHeader {
     /// The header word.
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::{ChunkHeader, KIND_RUN, KIND_SPAN};
+    ///
+    /// assert_eq!(ChunkHeader::Free.encode(), 0);
+    /// assert_eq!(ChunkHeader::Span { len: 2 }.encode(), u64::from(KIND_SPAN) | 2 << 32);
+    /// let run = ChunkHeader::Run { class: 4, len: 1 }.encode();
+    /// assert_eq!(run, u64::from(KIND_RUN) | 4 << 8 | 1 << 32);
+    /// ```
     pub fn encode(self) -> u64 {
         match self {
             ChunkHeader::Free => 0,
@@ -187,6 +307,23 @@ impl ChunkHeader {
     }
 
     /// Decodes a header word, checking every field (not the heap bounds: see the scan).
+    ///
+    /// ```
+    /// use pmstore_alloc::classes::class;
+    /// use pmstore_alloc::heap::{ChunkHeader, HeapCorruption, KIND_RUN};
+    ///
+    /// let c = class(0).unwrap();
+    /// let word = |len: u32| u64::from(KIND_RUN) | u64::from(len) << 32; // class 0
+    /// assert_eq!(
+    ///     ChunkHeader::decode(word(c.run_chunks)),
+    ///     Ok(ChunkHeader::Run { class: 0, len: c.run_chunks })
+    /// );
+    /// assert!(matches!(
+    ///     ChunkHeader::decode(word(c.run_chunks + 1)),
+    ///     Err(HeapCorruption::RunLength { class: 0, .. })
+    /// ));
+    /// assert_eq!(ChunkHeader::decode(2), Err(HeapCorruption::ZeroLength)); // a span of 0 chunks
+    /// ```
     pub fn decode(word: u64) -> Result<ChunkHeader, HeapCorruption> {
         let kind = word as u8;
         let class = (word >> 8) as u8;
@@ -220,6 +357,14 @@ impl ChunkHeader {
     }
 
     /// Chunks covered (0 for a free chunk).
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::ChunkHeader;
+    ///
+    /// assert_eq!(ChunkHeader::Free.chunks(), 0);
+    /// assert_eq!(ChunkHeader::Span { len: 5 }.chunks(), 5);
+    /// assert_eq!(ChunkHeader::Run { class: 0, len: 1 }.chunks(), 1);
+    /// ```
     pub fn chunks(self) -> u32 {
         match self {
             ChunkHeader::Free => 0,
@@ -228,6 +373,13 @@ impl ChunkHeader {
     }
 
     /// Whether this is [`ChunkHeader::Free`].
+    ///
+    /// ```
+    /// use pmstore_alloc::heap::ChunkHeader;
+    ///
+    /// assert!(ChunkHeader::Free.is_free());
+    /// assert!(!ChunkHeader::Span { len: 1 }.is_free());
+    /// ```
     pub fn is_free(self) -> bool {
         self == ChunkHeader::Free
     }

@@ -56,6 +56,16 @@ const DIRECT_MIN: usize = 512;
 /// The log's **slot stream** is the `min(count, capacity)` slots in the lane after the header,
 /// followed (only when `ext != 0`) by the `ext_len / 16` slots of its **extension**, a block of
 /// the heap's data area (`docs/REDO.md` §2.4).
+///
+/// ```
+/// use pmstore_alloc::redo::{log_checksum, RedoEntry, RedoHeader};
+///
+/// let entries = [RedoEntry::new(4096, 1), RedoEntry::new(4104, 2)];
+/// let h = RedoHeader::new(7, &entries);
+/// assert_eq!((h.seq, h.count, h.ext, h.ext_len), (7, 2, 0, 0));
+/// assert_eq!(h.checksum, log_checksum(&h, &entries));
+/// assert_eq!(bytemuck::bytes_of(&h).len(), 64); // one cache line
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct RedoHeader {
@@ -75,6 +85,15 @@ pub struct RedoHeader {
 }
 
 /// One redo entry: store `value` at pool offset `target` (an 8-byte aligned word).
+///
+/// ```
+/// use pmstore_alloc::redo::{RedoEntry, REDO_ENTRY_SIZE};
+///
+/// let e = RedoEntry::new(4096, 0xfeed);
+/// assert_eq!(e, RedoEntry::from((4096, 0xfeed)));
+/// assert_eq!(bytemuck::bytes_of(&e).len() as u64, REDO_ENTRY_SIZE);
+/// assert_eq!(bytemuck::bytes_of(&e)[..8], 4096u64.to_le_bytes());
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct RedoEntry {
@@ -101,8 +120,23 @@ const _: () = {
     assert!(REDO_CAPACITY == 252);
 };
 
+/// Building entries.
+///
+/// ```
+/// use pmstore_alloc::redo::RedoEntry;
+///
+/// const ZERO_ROOT: RedoEntry = RedoEntry::new(4096, 0); // `new` is a `const fn`
+/// assert_eq!((ZERO_ROOT.target, ZERO_ROOT.value), (4096, 0));
+/// ```
 impl RedoEntry {
     /// An entry storing `value` at `target`.
+    ///
+    /// ```
+    /// use pmstore_alloc::redo::RedoEntry;
+    ///
+    /// let e = RedoEntry::new(8192, 42);
+    /// assert_eq!((e.target, e.value), (8192, 42));
+    /// ```
     pub const fn new(target: u64, value: u64) -> RedoEntry {
         RedoEntry { target, value }
     }
@@ -116,6 +150,28 @@ impl From<(u64, u64)> for RedoEntry {
 
 /// A range entry to commit: copy `data` to pool offset `target` (both 8-byte aligned in
 /// offset and length, `data` not empty).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoLogs, RedoRange};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// let target = pool.geometry().root_offset;
+/// let mut lane = logs.lane(0).unwrap();
+/// let mut ctx = pool.flush_context();
+/// let range = RedoRange { target, data: b"sixteen bytes!!!" };
+/// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+/// let stats = unsafe { lane.commit_ops(&pool, &mut ctx, &[], &[range])? };
+/// assert_eq!(stats.ranges, 1);
+/// let mut back = [0u8; 16];
+/// // SAFETY: as above.
+/// unsafe { pool.read(target, &mut back) };
+/// assert_eq!(&back, b"sixteen bytes!!!");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RedoRange<'a> {
     /// Pool offset of the first byte.
@@ -125,6 +181,19 @@ pub struct RedoRange<'a> {
 }
 
 /// A range entry read back from a log ([`decode_log`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{decode_log, encode_log_ops, LogState, RangeEntry, RedoLayout, RedoRange};
+///
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+/// let log = encode_log_ops(1, &[], &[RedoRange { target: 4096, data: &[9; 8] }]);
+/// let LogState::Valid { ranges, .. } = decode_log(&log, 0, &layout)? else { panic!("a valid log") };
+/// assert_eq!(ranges, [RangeEntry { target: 4096, data: vec![9; 8] }]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeEntry {
     /// Pool offset of the first byte.
@@ -134,11 +203,28 @@ pub struct RangeEntry {
 }
 
 /// Slots a range entry of `len` bytes takes: its head plus its data padded to 16 bytes.
+///
+/// ```
+/// use pmstore_alloc::redo::range_slots;
+///
+/// assert_eq!(range_slots(8), 2); // head + one 16-byte data slot
+/// assert_eq!(range_slots(16), 2);
+/// assert_eq!(range_slots(24), 3);
+/// ```
 pub const fn range_slots(len: usize) -> usize {
     1 + len.div_ceil(REDO_ENTRY_SIZE as usize)
 }
 
 /// Slots a log of `words` word entries and `ranges` takes ([`range_slots`] per range).
+///
+/// ```
+/// use pmstore_alloc::redo::{slots_needed, RedoRange};
+///
+/// let data = [0u8; 40];
+/// let ranges = [RedoRange { target: 4096, data: &data }];
+/// assert_eq!(slots_needed(3, &ranges), 3 + 1 + 3); // 3 words, a head, 48 padded data bytes
+/// assert_eq!(slots_needed(3, &[]), 3);
+/// ```
 pub fn slots_needed(words: usize, ranges: &[RedoRange<'_>]) -> usize {
     words
         + ranges
@@ -149,6 +235,17 @@ pub fn slots_needed(words: usize, ranges: &[RedoRange<'_>]) -> usize {
 
 /// The slots (body, the slot stream) of a log holding `words` then `ranges`, as
 /// [`LaneLog::commit_ops`] writes them after the header (and on into the extension).
+///
+/// ```
+/// use pmstore_alloc::redo::{encode_body, slots_needed, RedoEntry, RedoRange, RANGE_FLAG};
+///
+/// let words = [RedoEntry::new(4096, 1)];
+/// let ranges = [RedoRange { target: 4104, data: &[2; 8] }];
+/// let body = encode_body(&words, &ranges);
+/// assert_eq!(body.len(), 16 * slots_needed(1, &ranges));
+/// assert_eq!(body[16..24], (4104 | RANGE_FLAG).to_le_bytes()); // the range's head
+/// assert_eq!(body[24..32], 8u64.to_le_bytes()); // its length
+/// ```
 pub fn encode_body(words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(bytemuck::cast_slice(words));
@@ -161,15 +258,43 @@ pub fn encode_body(words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
     body
 }
 
+/// Building headers (for tools and tests that write media states).
+///
+/// ```
+/// use pmstore_alloc::redo::{encode_body, RedoEntry, RedoHeader};
+///
+/// let entries = [RedoEntry::new(4096, 5)];
+/// let a = RedoHeader::new(3, &entries);
+/// let b = RedoHeader::for_body(3, &encode_body(&entries, &[]));
+/// assert_eq!(a, b);
+/// assert_eq!(a.word(), u64::from(a.checksum) | 1 << 32);
+/// ```
 impl RedoHeader {
     /// A header for a log of `entries` (word entries only) with sequence number `seq`,
     /// checksum filled in.
+    ///
+    /// ```
+    /// use pmstore_alloc::redo::{RedoEntry, RedoHeader};
+    ///
+    /// let h = RedoHeader::new(1, &[RedoEntry::new(4096, 1)]);
+    /// assert_eq!((h.seq, h.count), (1, 1));
+    /// assert_ne!(h, RedoHeader::new(1, &[RedoEntry::new(4096, 2)])); // the checksum differs
+    /// ```
     pub fn new(seq: u64, entries: &[RedoEntry]) -> RedoHeader {
         RedoHeader::for_body(seq, bytemuck::cast_slice(entries))
     }
 
     /// A header for a log whose slots are `body` (a multiple of 16 bytes), all in the lane (no
     /// extension), checksum filled in.
+    ///
+    /// ```
+    /// use pmstore_alloc::redo::{encode_body, RedoHeader, RedoRange};
+    ///
+    /// let body = encode_body(&[], &[RedoRange { target: 4096, data: &[1; 32] }]);
+    /// let h = RedoHeader::for_body(2, &body);
+    /// assert_eq!(h.count, 3); // a head and two data slots
+    /// assert_eq!((h.ext, h.ext_len), (0, 0));
+    /// ```
     pub fn for_body(seq: u64, body: &[u8]) -> RedoHeader {
         RedoHeader::for_stream(seq, body, 0, 0)
     }
@@ -178,6 +303,21 @@ impl RedoHeader {
     /// extension at pool offset `ext` holding its last `ext_len` bytes (`ext = 0`,
     /// `ext_len = 0`: none), checksum filled in. The header says what it is given: nothing is
     /// checked (to build invalid media states too).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoHeader, RedoLayout};
+    ///
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+    /// let slots = layout.capacity() + 4; // 4 slots past the lane
+    /// let (ext, _) = layout.extension_area();
+    /// let h = RedoHeader::for_stream(1, &vec![0; 16 * slots], ext, 64);
+    /// assert_eq!(h.count as usize, slots);
+    /// assert_eq!(h.extension(&layout), Ok(Some((ext, 64))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn for_stream(seq: u64, body: &[u8], ext: u64, ext_len: u64) -> RedoHeader {
         debug_assert_eq!(body.len() % REDO_ENTRY_SIZE as usize, 0);
         let slots = body.len() / REDO_ENTRY_SIZE as usize;
@@ -194,6 +334,15 @@ impl RedoHeader {
     }
 
     /// The first 8-byte word (`checksum | count << 32`), as stored.
+    ///
+    /// ```
+    /// use pmstore_alloc::redo::{RedoEntry, RedoHeader};
+    ///
+    /// let h = RedoHeader::new(1, &[RedoEntry::new(4096, 1); 3]);
+    /// assert_eq!(h.word() >> 32, 3); // count
+    /// assert_eq!(h.word() as u32, h.checksum);
+    /// assert_eq!(bytemuck::bytes_of(&h)[..8], h.word().to_le_bytes());
+    /// ```
     pub fn word(&self) -> u64 {
         u64::from(self.checksum) | u64::from(self.count) << 32
     }
@@ -207,6 +356,20 @@ impl RedoHeader {
     /// `Ok(Some((ext, ext_len)))` for one with an extension, `Err` if `count`, `ext` and
     /// `ext_len` are inconsistent or the extension does not lie inside the pool (the log is
     /// then invalid: its checksum cannot even be computed). `docs/REDO.md` §2.3.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{Invalid, RedoEntry, RedoHeader, RedoLayout};
+    ///
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+    /// assert_eq!(RedoHeader::new(1, &[RedoEntry::new(4096, 1)]).extension(&layout), Ok(None));
+    /// // An extension for a log that fits its lane: inconsistent.
+    /// let bad = RedoHeader::for_stream(1, &[0; 16], 1 << 20, 16);
+    /// assert_eq!(bad.extension(&layout), Err(Invalid::BadExtension { ext: 1 << 20, ext_len: 16 }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn extension(&self, layout: &RedoLayout) -> Result<Option<(u64, u64)>, Invalid> {
         extent(self, layout).map(|x| (x.ext_len != 0).then_some((x.ext, x.ext_len)))
     }
@@ -214,18 +377,59 @@ impl RedoHeader {
 
 /// The checksum of a log without an extension: CRC-32C of header bytes `[4, 64)` followed by
 /// `entries`.
+///
+/// ```
+/// use pmstore_alloc::redo::{log_checksum, RedoEntry, RedoHeader};
+///
+/// let entries = [RedoEntry::new(4096, 1)];
+/// let mut h = RedoHeader::new(1, &entries);
+/// assert_eq!(log_checksum(&h, &entries), h.checksum);
+/// h.seq = 2; // the checksum covers the header too
+/// assert_ne!(log_checksum(&h, &entries), h.checksum);
+/// ```
 pub fn log_checksum(header: &RedoHeader, entries: &[RedoEntry]) -> u32 {
     crc32c::crc32c_append(header.crc_seed(), bytemuck::cast_slice(entries))
 }
 
 /// The bytes of a complete log (header then entries), as [`LaneLog::commit`] writes them.
 /// For tools and tests that build media states.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{encode_log, RedoEntry, RedoLogs};
+///
+/// // A media state: a committed log in lane 0 whose values were never applied.
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let target = pool.geometry().root_offset;
+/// let log = encode_log(1, &[RedoEntry::new(target, 42)]);
+/// assert_eq!(log.len(), 64 + 16);
+/// // SAFETY: nothing else uses the pool yet.
+/// unsafe { pool.write(pool.geometry().lanes_offset, &log) };
+/// let (_logs, report) = RedoLogs::recover(&mut pool)?; // replays it
+/// assert_eq!(report.logs_replayed, 1);
+/// let mut v = [0u8; 8];
+/// // SAFETY: as above.
+/// unsafe { pool.read(target, &mut v) };
+/// assert_eq!(u64::from_ne_bytes(v), 42);
+/// # Ok(())
+/// # }
+/// ```
 pub fn encode_log(seq: u64, entries: &[RedoEntry]) -> Vec<u8> {
     encode_log_ops(seq, entries, &[])
 }
 
 /// The bytes of a complete log of word entries then range entries, all in the lane (however
 /// long), as [`LaneLog::commit_ops`] writes a log that fits its lane.
+///
+/// ```
+/// use pmstore_alloc::redo::{encode_log_ops, slots_needed, RedoEntry, RedoRange};
+///
+/// let words = [RedoEntry::new(4096, 1)];
+/// let ranges = [RedoRange { target: 4112, data: &[7; 24] }];
+/// let log = encode_log_ops(1, &words, &ranges);
+/// assert_eq!(log.len(), 64 + 16 * slots_needed(1, &ranges)); // header, then the slots
+/// ```
 pub fn encode_log_ops(seq: u64, words: &[RedoEntry], ranges: &[RedoRange<'_>]) -> Vec<u8> {
     let body = encode_body(words, ranges);
     let h = RedoHeader::for_body(seq, &body);
@@ -238,6 +442,22 @@ pub fn encode_log_ops(seq: u64, words: &[RedoEntry], ranges: &[RedoRange<'_>]) -
 /// of `capacity` slots with its extension at pool offset `ext`: returns the bytes of the lane
 /// (header and in-lane slots) and the bytes of the extension. A log of at most `capacity`
 /// slots has no extension (`ext` is not used; the second part is empty).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{decode_log_ext, encode_log_ext, LogState, RedoLayout, RedoRange};
+///
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+/// let (ext, _) = layout.extension_area();
+/// let data = vec![1u8; 4096]; // 257 slots: 5 past the lane's 252
+/// let ranges = [RedoRange { target: 4096, data: &data }];
+/// let (lane, in_ext) = encode_log_ext(1, &[], &ranges, layout.capacity(), ext);
+/// assert_eq!((lane.len(), in_ext.len()), (64 + 16 * 252, 16 * 5));
+/// assert!(matches!(decode_log_ext(&lane, &in_ext, 0, &layout)?, LogState::Valid { .. }));
+/// # Ok(())
+/// # }
+/// ```
 pub fn encode_log_ext(
     seq: u64,
     words: &[RedoEntry],
@@ -260,6 +480,20 @@ pub fn encode_log_ext(
 }
 
 /// Where the redo logs lie in a pool, and which words they may target.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::RedoLayout;
+///
+/// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let layout = RedoLayout::new(pool.size(), &pool.geometry())?;
+/// assert_eq!(layout.lane_count(), 64);
+/// assert_eq!(layout.log_offset(0), pool.geometry().lanes_offset);
+/// assert!(layout.check_target(pool.geometry().root_offset).is_ok());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RedoLayout {
     pool_size: u64,
@@ -272,11 +506,46 @@ pub struct RedoLayout {
     data_end: u64,
 }
 
+/// Where logs lie and what they may store to.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoLayout, REDO_CAPACITY};
+/// use pmstore_alloc::TargetError;
+///
+/// // 4 lanes of 4 KiB after a 4 KiB root area: lanes at [8192, 24576).
+/// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?;
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &g)?;
+/// assert_eq!(layout.capacity(), REDO_CAPACITY);
+/// assert_eq!(layout.check_target(8192 + 4096), Err(TargetError::InRedoLog { lane: 1 }));
+/// # Ok(())
+/// # }
+/// ```
 impl RedoLayout {
     /// The layout of a pool of `pool_size` bytes with `geometry`.
     ///
     /// # Errors
     /// [`AllocError::LaneTooSmall`] if a lane cannot hold a redo log.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    /// use pmstore_alloc::AllocError;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?;
+    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.lane_count(), 4);
+    /// let small = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 1024, 4096)?; // 1 KiB lanes
+    /// assert!(matches!(
+    ///     RedoLayout::new(MIN_POOL_SIZE, &small),
+    ///     Err(AllocError::LaneTooSmall { lane_size: 1024, needed: 4096 })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(pool_size: u64, geometry: &Geometry) -> Result<RedoLayout> {
         if u64::from(geometry.lane_size) < REDO_LOG_SIZE {
             return Err(AllocError::LaneTooSmall {
@@ -296,16 +565,49 @@ impl RedoLayout {
     }
 
     /// Number of lanes (and logs).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 16, 4096, 4096)?;
+    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.lane_count(), 16);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lane_count(&self) -> u32 {
         self.lane_count
     }
 
     /// Size of each lane's log region: the whole lane.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 16 << 10, 4096)?;
+    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.log_size(), 16 << 10);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn log_size(&self) -> u64 {
         u64::from(self.lane_size)
     }
 
     /// Slots one log holds: `(log_size - 64) / 16`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 16 << 10, 4096)?;
+    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.capacity(), ((16 << 10) - 64) / 16);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(&self) -> usize {
         ((self.log_size() - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize
     }
@@ -314,6 +616,21 @@ impl RedoLayout {
     ///
     /// # Panics
     /// If `lane >= lane_count`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?;
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &g)?;
+    /// assert_eq!(layout.log_offset(2), g.lane_offset(2));
+    /// assert_eq!(layout.log_offset(2), 8192 + 2 * 4096);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn log_offset(&self, lane: u32) -> u64 {
         assert!(lane < self.lane_count, "lane {lane} out of range");
         self.lanes_offset + u64::from(lane) * u64::from(self.lane_size)
@@ -321,6 +638,21 @@ impl RedoLayout {
 
     /// Checks that `target` is a word a redo log may store to: 8-byte aligned, inside the pool,
     /// outside the header page and outside every lane (each lane is its log's region).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    /// use pmstore_alloc::TargetError;
+    ///
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+    /// assert_eq!(layout.check_target(4096), Ok(())); // the root area
+    /// assert_eq!(layout.check_target(8), Err(TargetError::InHeader));
+    /// assert_eq!(layout.check_target(4100), Err(TargetError::Misaligned));
+    /// assert_eq!(layout.check_target(MIN_POOL_SIZE), Err(TargetError::OutOfPool));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check_target(&self, target: u64) -> Result<(), TargetError> {
         self.check_range(target, 8)
     }
@@ -328,6 +660,20 @@ impl RedoLayout {
     /// Checks that `[target, target + len)` may be written by a range entry: `target` and
     /// `len` multiples of 8, `len > 0`, inside the pool, outside the header page and
     /// disjoint from every lane.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    /// use pmstore_alloc::TargetError;
+    ///
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+    /// assert_eq!(layout.check_range(4096, 4096), Ok(())); // the whole root area
+    /// assert_eq!(layout.check_range(4096, 4104), Err(TargetError::InRedoLog { lane: 0 }));
+    /// assert_eq!(layout.check_range(4096, 12), Err(TargetError::BadLength { len: 12 }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check_range(&self, target: u64, len: u64) -> Result<(), TargetError> {
         if target % 8 != 0 {
             return Err(TargetError::Misaligned);
@@ -352,11 +698,37 @@ impl RedoLayout {
     }
 
     /// The heap's data area `[start, end)`: where a log extension may lie.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::heap::HeapGeometry;
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?;
+    /// let heap = HeapGeometry::new(g.heap_offset, g.heap_size);
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &g)?;
+    /// assert_eq!(layout.extension_area(), (heap.data, heap.data_end()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn extension_area(&self) -> (u64, u64) {
         (self.data_start, self.data_end)
     }
 
     /// Slots a log of `slots` slots stores in an extension: 0 if it fits the lane.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+    /// assert_eq!(layout.ext_slots(252), 0); // fits the lane
+    /// assert_eq!(layout.ext_slots(300), 48);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn ext_slots(&self, slots: usize) -> usize {
         slots.saturating_sub(self.capacity())
     }
@@ -364,6 +736,21 @@ impl RedoLayout {
     /// Checks that `[offset, offset + len)` may hold a log extension: `offset` a multiple of
     /// [`EXT_ALIGN`], `len` a positive multiple of 16, inside the heap's data area (so inside
     /// the pool, and outside the header page, the lanes and the heap metadata).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    /// use pmstore_alloc::TargetError;
+    ///
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+    /// let (start, _) = layout.extension_area();
+    /// assert_eq!(layout.check_extension(start, 256), Ok(()));
+    /// assert_eq!(layout.check_extension(start + 16, 256), Err(TargetError::NotLineAligned));
+    /// assert_eq!(layout.check_extension(4096, 256), Err(TargetError::OutsideHeapData));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check_extension(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         if offset % EXT_ALIGN != 0 {
             return Err(TargetError::NotLineAligned);
@@ -380,6 +767,22 @@ impl RedoLayout {
 }
 
 /// Why a log is not valid (and so never replayed).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{decode_log, encode_log, Invalid, LogState, RedoEntry, RedoLayout};
+///
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+/// let mut log = encode_log(1, &[RedoEntry::new(4096, 1)]);
+/// log[64 + 8] ^= 1; // a torn value
+/// assert!(matches!(
+///     decode_log(&log, 0, &layout)?,
+///     LogState::Invalid(Invalid::ChecksumMismatch { .. })
+/// ));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invalid {
     /// `count` is 0 (with a non-zero checksum), or above the layout's capacity without an
@@ -403,6 +806,23 @@ pub enum Invalid {
 }
 
 /// What a lane's log region holds.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{decode_log, encode_log, LogState, RedoEntry, RedoLayout};
+///
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+/// assert_eq!(decode_log(&[0; 4096], 0, &layout)?, LogState::Empty);
+/// let log = encode_log(5, &[RedoEntry::new(4096, 1)]);
+/// let state = decode_log(&log, 0, &layout)?;
+/// assert_eq!(
+///     state,
+///     LogState::Valid { seq: 5, entries: vec![RedoEntry::new(4096, 1)], ranges: vec![] }
+/// );
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogState {
     /// The (checksum, count) word is zero: no log (fresh, or invalidated).
@@ -596,6 +1016,27 @@ fn parse(
 ///
 /// # Panics
 /// If `region` is shorter than the header.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{decode_log, encode_log, LogState, RedoEntry, RedoLayout};
+/// use pmstore_alloc::{AllocError, CorruptReason};
+///
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+/// let log = encode_log(1, &[RedoEntry::new(4096, 1)]);
+/// assert!(matches!(decode_log(&log, 0, &layout)?, LogState::Valid { seq: 1, .. }));
+/// // A valid checksum over a target no writer produces: corrupt, not just invalid.
+/// let forged = encode_log(1, &[RedoEntry::new(8, 1)]);
+/// assert!(matches!(
+///     decode_log(&forged, 0, &layout),
+///     Err(AllocError::CorruptLog { lane: 0, seq: 1, reason: CorruptReason::BadTarget { .. } })
+/// ));
+/// # Ok(())
+/// # }
+/// ```
 pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogState> {
     let split = region.len().min(layout.log_size() as usize);
     decode_log_ext(&region[..split], &region[split..], lane, layout)
@@ -616,6 +1057,33 @@ pub fn decode_log(region: &[u8], lane: u32, layout: &RedoLayout) -> Result<LogSt
 ///
 /// # Panics
 /// If `region` is shorter than the header or longer than [`RedoLayout::log_size`].
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{
+///     decode_log_ext, encode_log_ext, Invalid, LogState, RedoLayout, RedoRange,
+/// };
+///
+/// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
+/// let (ext, _) = layout.extension_area();
+/// let data = vec![3u8; 4096];
+/// let ranges = [RedoRange { target: 4096, data: &data }];
+/// let (lane, in_ext) = encode_log_ext(9, &[], &ranges, layout.capacity(), ext);
+/// let LogState::Valid { seq, ranges, .. } = decode_log_ext(&lane, &in_ext, 0, &layout)? else {
+///     panic!("a valid log");
+/// };
+/// assert_eq!((seq, ranges[0].data.len()), (9, 4096));
+/// // Without the extension's bytes the log cannot be checked: invalid.
+/// assert!(matches!(
+///     decode_log_ext(&lane, &[], 0, &layout)?,
+///     LogState::Invalid(Invalid::BadExtension { .. })
+/// ));
+/// # Ok(())
+/// # }
+/// ```
 pub fn decode_log_ext(
     region: &[u8],
     ext: &[u8],
@@ -677,6 +1145,25 @@ pub fn decode_log_ext(
 }
 
 /// What [`RedoLogs::recover`] did.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{encode_log, RecoveryReport, RedoEntry, RedoLogs};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (_, report) = RedoLogs::recover(&mut pool)?;
+/// assert_eq!(report, RecoveryReport::default()); // a fresh pool: nothing to do
+/// let g = pool.geometry();
+/// let mut torn = encode_log(3, &[RedoEntry::new(g.root_offset, 1)]);
+/// torn[70] ^= 0xff;
+/// // SAFETY: nothing else uses the pool.
+/// unsafe { pool.write(g.lane_offset(1), &torn) };
+/// let (_, report) = RedoLogs::recover(&mut pool)?;
+/// assert_eq!((report.logs_replayed, report.invalid_cleared), (0, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Valid logs replayed.
@@ -699,6 +1186,27 @@ pub struct RecoveryReport {
 }
 
 /// What one [`LaneLog::commit`] did: the lines it flushed, by kind.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// let root = pool.geometry().root_offset;
+/// let mut lane = logs.lane(0).unwrap();
+/// let mut ctx = pool.flush_context();
+/// let entries = [RedoEntry::new(root, 1), RedoEntry::new(root + 8, 2)];
+/// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+/// let stats = unsafe { lane.commit(&pool, &mut ctx, &entries)? };
+/// assert_eq!((stats.seq, stats.entries, stats.slots, stats.ext_slots), (1, 2, 2, 0));
+/// assert_eq!(stats.target_lines, 1); // both words share a line
+/// assert_eq!(stats.drains, 2);
+/// assert_eq!(ctx.counters().drains, 2);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// The log's sequence number (0 for an empty commit, which does nothing).
@@ -723,8 +1231,33 @@ pub struct CommitStats {
     pub drains: usize,
 }
 
+/// Totals over a commit's statistics.
+///
+/// ```
+/// use pmstore_alloc::redo::CommitStats;
+///
+/// let stats = CommitStats { log_lines: 1, target_lines: 2, ..CommitStats::default() };
+/// assert_eq!(stats.lines(), 3);
+/// ```
 impl CommitStats {
     /// Total cache lines flushed.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let mut lane = logs.lane(0).unwrap();
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// let stats = unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 7)])? };
+    /// assert_eq!(stats.lines() as u64, ctx.counters().lines_flushed);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lines(&self) -> usize {
         self.log_lines + self.ext_lines + self.target_lines + self.pending_lines
     }
@@ -807,6 +1340,25 @@ impl Shared {
 
 /// The redo logs of a pool: the volatile state shared by its lanes (sequence counter,
 /// pending-invalidation set, which lanes are handed out). Cheap to clone.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// let other = logs.clone(); // shares the sequence counter and the lanes
+/// let mut lane = other.lane(3).unwrap();
+/// assert!(logs.lane(3).is_none()); // handed out
+/// let mut ctx = pool.flush_context();
+/// let root = pool.geometry().root_offset;
+/// // SAFETY: this thread owns the root area; one RedoLogs per pool (clones are the same one).
+/// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+/// assert_eq!(logs.next_seq(), 2);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedoLogs {
     shared: Arc<Shared>,
@@ -929,6 +1481,28 @@ fn outside(start: u64, end: u64, holes: &[(u64, u64)], mut f: impl FnMut(u64, u6
     }
 }
 
+/// Recovering the logs, claiming lanes, and the pending-invalidation set.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// let mut ctx = pool.flush_context();
+/// let root = pool.geometry().root_offset;
+/// {
+///     let mut lane = logs.lane(0).unwrap();
+///     // SAFETY: this thread owns the root area; one RedoLogs per pool.
+///     unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+/// }
+/// assert_eq!(logs.pending_invalidations(), 1);
+/// logs.sync_invalidations(&pool, &mut ctx)?; // before writing `root` by other means
+/// assert_eq!(logs.pending_invalidations(), 0);
+/// # Ok(())
+/// # }
+/// ```
 impl RedoLogs {
     /// Recovers the redo logs of `pool` and returns their volatile state. Run it at open,
     /// before anything else reads or writes the pool's lanes or heap.
@@ -951,6 +1525,42 @@ impl RedoLogs {
     /// * [`AllocError::ReadOnly`] if the pool is read-only and some log needs replaying or
     ///   clearing (nothing was modified).
     /// * [`AllocError::Pool`] if a drain fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, OpenOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // Crash just after the commit point (drain #1), before the values are durable.
+    /// let image = std::sync::Arc::new(std::sync::Mutex::new(None));
+    /// let slot = image.clone();
+    /// sim.set_crash_hook(move |cp| {
+    ///     if cp.drain == 1 {
+    ///         *slot.lock().unwrap() = Some(cp.media.to_vec());
+    ///     }
+    /// });
+    /// let mut lane = logs.lane(0).unwrap();
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 99)])? };
+    /// sim.clear_crash_hook();
+    /// let image = image.lock().unwrap().take().unwrap();
+    /// let (mut crashed, _) = Pool::open_simulated(&image, &OpenOptions::new("doc"))?;
+    /// let (logs, report) = RedoLogs::recover(&mut crashed)?;
+    /// assert_eq!((report.logs_replayed, report.max_seq), (1, 1));
+    /// assert_eq!(logs.next_seq(), 2);
+    /// let mut v = [0u8; 8];
+    /// // SAFETY: nothing else uses `crashed`.
+    /// unsafe { crashed.read(root, &mut v) };
+    /// assert_eq!(u64::from_ne_bytes(v), 99); // the commit survived
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recover(pool: &mut Pool) -> Result<(RedoLogs, RecoveryReport)> {
         let pool: &Pool = pool;
         let layout = RedoLayout::new(pool.size(), &pool.geometry())?;
@@ -1092,6 +1702,23 @@ impl RedoLogs {
     ///
     /// # Panics
     /// If `lane >= lane_count`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLogs;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let lane = logs.lane(5).unwrap();
+    /// assert!(logs.lane(5).is_none());
+    /// drop(lane);
+    /// assert!(logs.lane(5).is_some()); // released on drop
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lane(&self, lane: u32) -> Option<LaneLog> {
         let offset = self.shared.layout.log_offset(lane);
         self.shared.claimed[lane as usize]
@@ -1108,21 +1735,88 @@ impl RedoLogs {
     }
 
     /// Number of lanes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLogs;
+    ///
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).lanes(8, 4096);
+    /// let (mut pool, _sim) = Pool::create_simulated(&opts)?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// assert_eq!(logs.lane_count(), 8);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lane_count(&self) -> u32 {
         self.shared.layout.lane_count
     }
 
     /// Where the logs lie and which targets they accept.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoLogs, REDO_CAPACITY};
+    ///
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).lanes(8, 4096);
+    /// let (mut pool, _sim) = Pool::create_simulated(&opts)?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// assert_eq!(logs.layout().capacity(), REDO_CAPACITY);
+    /// assert_eq!(logs.layout().log_offset(0), pool.geometry().lanes_offset);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn layout(&self) -> &RedoLayout {
         &self.shared.layout
     }
 
     /// The sequence number the next commit will get.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// assert_eq!(logs.next_seq(), 1);
+    /// let mut lane = logs.lane(0).unwrap();
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[])? }; // empty: does nothing
+    /// assert_eq!(logs.next_seq(), 1);
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+    /// assert_eq!(logs.next_seq(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn next_seq(&self) -> u64 {
         self.shared.seq.load(Ordering::Relaxed)
     }
 
     /// Number of lanes whose last invalidation is not yet known to be durable.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// let (mut a, mut b) = (logs.lane(0).unwrap(), logs.lane(1).unwrap());
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { a.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+    /// assert_eq!(logs.pending_invalidations(), 1); // lane 0's invalidation is not flushed
+    /// // SAFETY: as above.
+    /// unsafe { b.commit(&pool, &mut ctx, &[RedoEntry::new(root + 8, 2)])? };
+    /// assert_eq!(logs.pending_invalidations(), 1); // b's commit made lane 0's durable
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pending_invalidations(&self) -> usize {
         self.shared
             .pending
@@ -1141,6 +1835,29 @@ impl RedoLogs {
     ///
     /// # Panics
     /// If `pool` is not the pool these logs were recovered from.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = logs.lane(0).unwrap();
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+    /// assert_eq!(logs.sync_invalidations(&pool, &mut ctx)?, 1); // one header line flushed
+    /// assert_eq!(logs.sync_invalidations(&pool, &mut ctx)?, 0); // nothing left
+    /// // Now `root` may be written by other means than a redo log.
+    /// // SAFETY: this thread owns the root area.
+    /// unsafe { pool.write(root, &2u64.to_ne_bytes()) };
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn sync_invalidations(&self, pool: &Pool, ctx: &mut FlushContext) -> Result<usize> {
         self.shared.check_pool(pool);
         let mut covered = Vec::new();
@@ -1152,6 +1869,26 @@ impl RedoLogs {
 }
 
 /// The exclusive handle on one lane's redo log (from [`RedoLogs::lane`]); released on drop.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// let root = pool.geometry().root_offset;
+/// let mut lane = logs.lane(0).unwrap();
+/// let mut ctx = pool.flush_context();
+/// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+/// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1), RedoEntry::new(root, 2)])? };
+/// let mut v = [0u8; 8];
+/// // SAFETY: as above.
+/// unsafe { pool.read(root, &mut v) };
+/// assert_eq!(u64::from_ne_bytes(v), 2); // of duplicate targets the last wins
+/// # Ok(())
+/// # }
+/// ```
 pub struct LaneLog {
     shared: Arc<Shared>,
     lane: u32,
@@ -1179,18 +1916,76 @@ impl Drop for LaneLog {
     }
 }
 
+/// Committing through a lane.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// use pmstore_alloc::redo::{RedoEntry, RedoLogs, RedoRange};
+///
+/// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// let root = pool.geometry().root_offset;
+/// let mut lane = logs.lane(0).unwrap();
+/// let mut ctx = pool.flush_context();
+/// let words = [RedoEntry::new(root, 1)];
+/// let ranges = [RedoRange { target: root + 64, data: &[5; 64] }];
+/// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+/// let stats = unsafe { lane.commit_ops(&pool, &mut ctx, &words, &ranges)? };
+/// assert_eq!((stats.entries, stats.ranges, stats.slots), (1, 1, 1 + 5));
+/// # Ok(())
+/// # }
+/// ```
 impl LaneLog {
     /// The lane's index.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLogs;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// assert_eq!(logs.lane(7).unwrap().lane(), 7);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lane(&self) -> u32 {
         self.lane
     }
 
     /// Pool offset of the lane's log region.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLogs;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let lane = logs.lane(2).unwrap();
+    /// assert_eq!(lane.offset(), pool.geometry().lane_offset(2));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn offset(&self) -> u64 {
         self.offset
     }
 
     /// Slots this lane's log holds ([`RedoLayout::capacity`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLogs;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let lane = logs.lane(0).unwrap();
+    /// assert_eq!(lane.capacity(), ((16 << 10) - 64) / 16); // default 16 KiB lanes
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(&self) -> usize {
         self.shared.layout.capacity()
     }
@@ -1206,6 +2001,37 @@ impl LaneLog {
     ///
     /// # Panics
     /// As [`LaneLog::commit_ops`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    /// use pmstore_alloc::{AllocError, TargetError};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = logs.lane(0).unwrap();
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 10), RedoEntry::new(root + 8, 20)])? };
+    /// let mut v = [0u8; 16];
+    /// // SAFETY: as above.
+    /// unsafe { pool.read(root, &mut v) };
+    /// assert_eq!(v[..8], 10u64.to_ne_bytes());
+    /// assert_eq!(v[8..], 20u64.to_ne_bytes());
+    /// // A target in the header page is refused before anything is written.
+    /// // SAFETY: as above.
+    /// let err = unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 11), RedoEntry::new(0, 1)]) };
+    /// assert!(matches!(
+    ///     err,
+    ///     Err(AllocError::InvalidTarget { index: 1, target: 0, reason: TargetError::InHeader })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn commit(
         &mut self,
         pool: &Pool,
@@ -1257,6 +2083,34 @@ impl LaneLog {
     /// # Panics
     /// If `pool` is not the pool these logs were recovered from, or `ctx` belongs to another
     /// pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoLogs, RedoRange};
+    /// use pmstore_alloc::AllocError;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = logs.lane(0).unwrap();
+    /// let mut ctx = pool.flush_context();
+    /// let before = ctx.counters();
+    /// let ranges = [RedoRange { target: root, data: &[1; 512] }];
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit_ops(&pool, &mut ctx, &[], &ranges)? };
+    /// assert_eq!((ctx.counters() - before).drains, 2); // exactly two drains
+    /// // More than the lane holds, and no extension: refused.
+    /// let big = vec![0u8; 16 << 10];
+    /// let ranges = [RedoRange { target: root, data: &big }];
+    /// // SAFETY: as above.
+    /// let err = unsafe { lane.commit_ops(&pool, &mut ctx, &[], &ranges) };
+    /// assert!(matches!(err, Err(AllocError::LogFull { needed: 1025, capacity: 1020 })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn commit_ops(
         &mut self,
         pool: &Pool,
@@ -1295,6 +2149,37 @@ impl LaneLog {
     ///
     /// # Panics
     /// As [`LaneLog::commit_ops`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{slots_needed, RedoLogs, RedoRange};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let (area, _) = logs.layout().extension_area();
+    /// // Here nothing else uses the heap's data area: take its first 4 KiB as the extension
+    /// // (with a `Heap`, reserve a block instead) and store 16 KiB after it.
+    /// let ext = (area, 4096);
+    /// let target = area + 4096;
+    /// let data = vec![7u8; 16 << 10];
+    /// let ranges = [RedoRange { target, data: &data }];
+    /// let mut lane = logs.lane(0).unwrap();
+    /// let need = logs.layout().ext_slots(slots_needed(0, &ranges));
+    /// assert_eq!(need, 5); // 1025 slots, 1020 in the lane
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: this thread owns `ext` and the target range; one RedoLogs per pool.
+    /// let stats = unsafe { lane.commit_ops_ext(&pool, &mut ctx, &[], &ranges, Some(ext))? };
+    /// assert_eq!(stats.ext_slots, 5);
+    /// let mut back = vec![0u8; data.len()];
+    /// // SAFETY: as above.
+    /// unsafe { pool.read(target, &mut back) };
+    /// assert_eq!(back, data);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn commit_ops_ext(
         &mut self,
         pool: &Pool,

@@ -7,6 +7,24 @@ use std::path::PathBuf;
 /// pool file, and making stores durable.
 ///
 /// Every variant that is about a file's contents is reported **without modifying the file**.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, OpenOptions, Pool, PoolError, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("p.pool");
+/// match Pool::open(&path, &OpenOptions::new("doc")) {
+///     Err(PoolError::NotFound { .. }) => {
+///         Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+///     }
+///     Err(e) if e.is_invalid_pool() => return Err(format!("not our pool: {e}").into()),
+///     Err(e) => return Err(e.into()),
+///     Ok(_pool) => {}
+/// }
+/// assert!(path.exists());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -212,6 +230,13 @@ pub enum PoolError {
 
 impl PoolError {
     /// The variant's name, stable for scripts (`pmstore info --json` reports it).
+    ///
+    /// ```
+    /// use pmstore_pool::{CreateOptions, Pool};
+    ///
+    /// let err = Pool::create_simulated(&CreateOptions::new("", 8 << 20)).unwrap_err();
+    /// assert_eq!(err.kind(), "InvalidLayoutName");
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             PoolError::AlreadyExists { .. } => "AlreadyExists",
@@ -245,6 +270,21 @@ impl PoolError {
 
     /// Whether the error is about the file's contents (corrupt, truncated, foreign, or from an
     /// incompatible version), as opposed to the environment (I/O, permissions, locks).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{OpenOptions, Pool, PoolError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let empty = dir.path().join("empty");
+    /// std::fs::write(&empty, b"")?;
+    /// let err = Pool::open(&empty, &OpenOptions::new("doc")).unwrap_err();
+    /// assert!(matches!(err, PoolError::EmptyFile { .. }));
+    /// assert!(err.is_invalid_pool()); // the file's contents are wrong
+    /// let err = Pool::open(dir.path().join("missing"), &OpenOptions::new("doc")).unwrap_err();
+    /// assert!(!err.is_invalid_pool()); // the environment is
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_invalid_pool(&self) -> bool {
         matches!(
             self,

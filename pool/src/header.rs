@@ -48,6 +48,19 @@ pub const RO_COMPAT_KNOWN: u64 = 0;
 ///
 /// This struct *is* the media format: it is read and written with `bytemuck`, and its field
 /// offsets are asserted at compile time against `docs/FORMAT.md`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Pool, FORMAT_MAJOR, HEADER_SIZE, MIN_POOL_SIZE, POOL_MAGIC};
+///
+/// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let h = pool.header();
+/// assert_eq!((h.magic, h.major, h.header_size), (POOL_MAGIC, FORMAT_MAJOR, HEADER_SIZE as u32));
+/// assert_eq!(h.layout_name(), "doc");
+/// assert_eq!(h.as_bytes().len(), 4096);
+/// # Ok(())
+/// # }
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct PoolHeader {
@@ -132,6 +145,18 @@ impl std::fmt::Debug for PoolHeader {
 
 /// Where the regions owned by the upper layers lie, in pool offsets: stored as is in the
 /// header (bytes 136..184).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{Geometry, MIN_POOL_SIZE};
+///
+/// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 8, 4096, 4096)?;
+/// assert_eq!((g.root_offset, g.lanes_offset), (4096, 8192));
+/// assert_eq!(g.heap_offset, 8192 + 8 * 4096);
+/// assert_eq!(g.heap_offset + g.heap_size, MIN_POOL_SIZE);
+/// # Ok(())
+/// # }
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Geometry {
@@ -153,6 +178,17 @@ pub struct Geometry {
 
 impl Geometry {
     /// Offset of lane `i`'s first byte.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{Geometry, MIN_POOL_SIZE};
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 8, 4096, 4096)?;
+    /// assert_eq!(g.lane_offset(0), g.lanes_offset);
+    /// assert_eq!(g.lane_offset(3), g.lanes_offset + 3 * 4096);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lane_offset(&self, i: u32) -> u64 {
         assert!(i < self.lane_count, "lane {i} out of range");
         self.lanes_offset + u64::from(i) * u64::from(self.lane_size)
@@ -160,6 +196,18 @@ impl Geometry {
 
     /// Lays out a pool of `pool_size` bytes: header, root area, lanes, then the heap, aligned to
     /// `heap_align` (a power of two, at least 4096) and running to the end of the pool.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{Geometry, PoolError, MIN_POOL_SIZE};
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 64, 16 << 10, 1 << 20)?;
+    /// assert_eq!(g.heap_offset % (1 << 20), 0);
+    /// let bad = Geometry::plan(MIN_POOL_SIZE, 4096, 64, 100, 4096); // lanes not a multiple of 64
+    /// assert!(matches!(bad, Err(PoolError::InvalidGeometry(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn plan(
         pool_size: u64,
         root_size: u64,
@@ -234,16 +282,56 @@ impl PoolHeader {
     }
 
     /// CRC-32C of the header bytes before the checksum field.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let mut h = *pool.header();
+    /// assert_eq!(h.compute_checksum(), h.checksum);
+    /// h.pool_size += 4096;
+    /// assert_ne!(h.compute_checksum(), h.checksum);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn compute_checksum(&self) -> u32 {
         crc32c::crc32c(&bytemuck::bytes_of(self)[..CHECKSUM_OFFSET])
     }
 
     /// The header as the 4096 bytes stored on media.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, CHECKSUM_OFFSET, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let h = pool.header();
+    /// let bytes = h.as_bytes();
+    /// assert_eq!(bytes[..8], *b"PMSTPOOL");
+    /// assert_eq!(bytes[CHECKSUM_OFFSET..], h.checksum.to_le_bytes());
+    /// let mut page = [0u8; 4096];
+    /// // SAFETY: nothing writes the header page.
+    /// unsafe { pool.read(0, &mut page) };
+    /// assert_eq!(&page, bytes); // exactly what is stored
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn as_bytes(&self) -> &[u8; HEADER_SIZE] {
         bytemuck::cast_ref(self)
     }
 
     /// The layout name (the bytes before the first NUL, lossily decoded).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("kv-store v2", MIN_POOL_SIZE))?;
+    /// assert_eq!(pool.header().layout_name(), "kv-store v2");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn layout_name(&self) -> String {
         let end = self
             .layout
@@ -254,11 +342,35 @@ impl PoolHeader {
     }
 
     /// The pool UUID in the canonical 8-4-4-4-12 form.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE);
+    /// let ((a, _), (b, _)) = (Pool::create_simulated(&opts)?, Pool::create_simulated(&opts)?);
+    /// assert_ne!(a.header().uuid(), b.header().uuid()); // random per pool
+    /// assert_eq!(a.header().uuid().as_bytes(), &a.header().uuid);
+    /// assert_eq!(a.header().uuid().to_string().len(), 36); // 8-4-4-4-12
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn uuid(&self) -> uuid::Uuid {
         uuid::Uuid::from_bytes(self.uuid)
     }
 
     /// The region geometry recorded in the header.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert_eq!(pool.header().geometry(), pool.geometry());
+    /// assert_eq!(pool.header().geometry().lane_count, 64);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn geometry(&self) -> Geometry {
         self.geometry
     }
@@ -268,6 +380,26 @@ impl PoolHeader {
     /// The checks run in the order given in `docs/FORMAT.md` §2.3: zero page, magic, major
     /// version, checksum, feature flags, then every field. `writable` selects whether unknown
     /// read-only-compatible features are an error.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::path::Path;
+    /// use pmstore_pool::{CreateOptions, Pool, PoolError, PoolHeader, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let mut page = *pool.header().as_bytes();
+    /// let h = PoolHeader::validate(&page, Path::new("copy"), true)?;
+    /// assert_eq!(h.uuid, pool.header().uuid);
+    /// page[100] ^= 1; // a flipped bit in the layout name
+    /// let err = PoolHeader::validate(&page, Path::new("copy"), true).unwrap_err();
+    /// assert!(matches!(err, PoolError::ChecksumMismatch { .. }));
+    /// assert!(matches!(
+    ///     PoolHeader::validate(&[0; 4096], Path::new("new"), true),
+    ///     Err(PoolError::Incomplete { .. }) // a crash during create
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn validate(page: &[u8; HEADER_SIZE], path: &Path, writable: bool) -> Result<PoolHeader> {
         let path_buf = || path.to_path_buf();
         if page.iter().all(|&b| b == 0) {

@@ -19,6 +19,22 @@ use crossbeam_utils::CachePadded;
 use crate::raw::cpu::FlushInstr;
 
 /// How stores to the pool are made durable.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, ModeRequest, PersistMode, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Flush);
+/// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+/// match pool.persistence() {
+///     PersistMode::MapSync => println!("DAX: cache flushes are enough"),
+///     PersistMode::ForcedFlush => println!("not DAX: survives a process crash, not a power cut"),
+///     other => unreachable!("{other} for a flush request"),
+/// }
+/// assert!(pool.persistence().uses_cache_flush());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PersistMode {
     /// The pool is on a DAX file system, mapped with `MAP_SYNC`: the kernel commits block
@@ -40,11 +56,26 @@ pub enum PersistMode {
 
 impl PersistMode {
     /// Whether this mode uses CPU cache flushes (as opposed to `msync`).
+    ///
+    /// ```
+    /// use pmstore_pool::PersistMode;
+    ///
+    /// assert!(PersistMode::MapSync.uses_cache_flush());
+    /// assert!(PersistMode::ForcedFlush.uses_cache_flush());
+    /// assert!(!PersistMode::Msync.uses_cache_flush());
+    /// ```
     pub fn uses_cache_flush(self) -> bool {
         !matches!(self, PersistMode::Msync)
     }
 
     /// Short name: `map-sync`, `forced-flush`, `msync` or `simulated`.
+    ///
+    /// ```
+    /// use pmstore_pool::PersistMode;
+    ///
+    /// assert_eq!(PersistMode::MapSync.name(), "map-sync");
+    /// assert_eq!(PersistMode::Msync.to_string(), "msync"); // `Display` prints the name
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             PersistMode::MapSync => "map-sync",
@@ -55,6 +86,15 @@ impl PersistMode {
     }
 
     /// Whether a drain in this mode makes stores durable across power loss.
+    ///
+    /// ```
+    /// use pmstore_pool::PersistMode;
+    ///
+    /// assert!(PersistMode::MapSync.power_fail_safe());
+    /// assert!(PersistMode::Msync.power_fail_safe());
+    /// assert!(!PersistMode::ForcedFlush.power_fail_safe()); // the page cache is not persistent
+    /// assert!(!PersistMode::Simulated.power_fail_safe());
+    /// ```
     pub fn power_fail_safe(self) -> bool {
         matches!(self, PersistMode::MapSync | PersistMode::Msync)
     }
@@ -67,6 +107,19 @@ impl std::fmt::Display for PersistMode {
 }
 
 /// What the caller asks for when opening or creating a pool.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, ModeRequest, PersistMode, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// assert_eq!(ModeRequest::default(), ModeRequest::Auto);
+/// assert_eq!(ModeRequest::ENV, "PMSTORE_FORCE_MODE"); // overrides `Auto`
+/// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Msync);
+/// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+/// assert_eq!(pool.persistence(), PersistMode::Msync);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ModeRequest {
     /// Use `PMSTORE_FORCE_MODE` if set, else `MAP_SYNC` where supported, else msync.
@@ -117,6 +170,24 @@ pub(crate) enum Backend {
 }
 
 /// Durability counters: deterministic measures of what persistence costs.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, ModeRequest, PersistCounters, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Msync);
+/// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+/// let off = pool.geometry().root_offset;
+/// let mut ctx = pool.flush_context();
+/// let before: PersistCounters = pool.counters();
+/// pool.flush(&mut ctx, off, 8);
+/// pool.flush(&mut ctx, off + 4096, 8); // the next page: one run with the first
+/// pool.drain(&mut ctx)?;
+/// let cost = pool.counters() - before;
+/// assert_eq!((cost.drains, cost.msync_calls, cost.msync_bytes), (1, 1, 8192));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PersistCounters {
     /// Cache lines written back with `clwb`/`clflushopt`/`clflush` (flush modes).
@@ -277,6 +348,23 @@ impl DirtyPages {
 
 /// One thread's (or lane's) handle on the persistence domain: the ranges it flushed since its
 /// last drain, and its own counters. Obtain one with [`Pool::flush_context`](crate::Pool::flush_context).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+///
+/// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().root_offset;
+/// let (mut a, mut b) = (pool.flush_context(), pool.flush_context());
+/// pool.flush(&mut a, off, 8);
+/// pool.drain(&mut b)?; // another context's drain orders nothing of `a`'s
+/// assert_eq!(sim.media_image()[off as usize..][..8], [0; 8]);
+/// assert!(a.has_pending());
+/// pool.drain(&mut a)?;
+/// assert!(!a.has_pending());
+/// # Ok(())
+/// # }
+/// ```
 pub struct FlushContext {
     pub(crate) pool_id: u64,
     pub(crate) dirty: DirtyPages,
@@ -311,11 +399,40 @@ impl FlushContext {
     }
 
     /// Everything this context has flushed, drained and msynced since it was made.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// pool.persist(&mut ctx, off, 256)?;
+    /// let c = ctx.counters();
+    /// assert_eq!((c.lines_flushed, c.drains), (4, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn counters(&self) -> PersistCounters {
         self.counters.read() - self.base
     }
 
     /// Whether ranges were flushed (or pages recorded) since the last drain.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let mut ctx = pool.flush_context();
+    /// assert!(!ctx.has_pending());
+    /// pool.flush(&mut ctx, pool.geometry().root_offset, 8);
+    /// assert!(ctx.has_pending());
+    /// pool.drain(&mut ctx)?;
+    /// assert!(!ctx.has_pending());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn has_pending(&self) -> bool {
         self.pending
     }

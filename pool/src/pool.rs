@@ -32,6 +32,20 @@ pub const NT_THRESHOLD: usize = 256;
 pub const MSYNC_MERGE_GAP_PAGES: u64 = 256;
 
 /// Parameters of a new pool. Start from [`CreateOptions::new`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, ModeRequest, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let opts = CreateOptions::new("my-app", MIN_POOL_SIZE)
+///     .lanes(16, 8 << 10)
+///     .mode(ModeRequest::Msync);
+/// let pool = Pool::create(dir.path().join("app.pool"), &opts)?;
+/// assert_eq!(pool.geometry().lane_count, 16);
+/// assert_eq!(pool.header().layout_name(), "my-app");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
     /// Total size of the pool file in bytes: a multiple of 4096 in
@@ -58,6 +72,16 @@ pub struct CreateOptions {
 impl CreateOptions {
     /// Default geometry (4 KiB root area, 64 lanes of 16 KiB, 4 KiB heap alignment),
     /// preallocated, automatic mode.
+    ///
+    /// ```
+    /// use pmstore_pool::{CreateOptions, ModeRequest};
+    ///
+    /// let opts = CreateOptions::new("my-app", 8 << 20);
+    /// assert_eq!((opts.size, opts.layout.as_str()), (8 << 20, "my-app"));
+    /// assert_eq!((opts.lane_count, opts.lane_size, opts.root_size), (64, 16 << 10, 4096));
+    /// assert!(opts.preallocate);
+    /// assert_eq!(opts.mode, ModeRequest::Auto);
+    /// ```
     pub fn new(layout: impl Into<String>, size: u64) -> CreateOptions {
         CreateOptions {
             size,
@@ -72,6 +96,17 @@ impl CreateOptions {
     }
 
     /// Sets the lane geometry.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE).lanes(4, 4096))?;
+    /// let g = pool.geometry();
+    /// assert_eq!((g.lane_count, g.lane_size), (4, 4096));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lanes(mut self, count: u32, size: u32) -> Self {
         self.lane_count = count;
         self.lane_size = size;
@@ -79,24 +114,69 @@ impl CreateOptions {
     }
 
     /// Sets the root area's size.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, PoolError, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE).root_size(8192))?;
+    /// assert_eq!(pool.geometry().root_size, 8192);
+    /// let bad = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE).root_size(100));
+    /// assert!(matches!(bad, Err(PoolError::InvalidGeometry(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn root_size(mut self, size: u64) -> Self {
         self.root_size = size;
         self
     }
 
     /// Sets the heap's alignment.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE).heap_align(2 << 20))?;
+    /// assert_eq!(pool.geometry().heap_offset % (2 << 20), 0); // e.g. for huge pages
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn heap_align(mut self, align: u64) -> Self {
         self.heap_align = align;
         self
     }
 
     /// Sets whether to preallocate every block.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// // A sparse file: quick to create, but a store to a hole on a full file system is a SIGBUS.
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).preallocate(false);
+    /// let pool = Pool::create(dir.path().join("sparse.pool"), &opts)?;
+    /// assert_eq!(std::fs::metadata(pool.path())?.len(), MIN_POOL_SIZE);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn preallocate(mut self, yes: bool) -> Self {
         self.preallocate = yes;
         self
     }
 
     /// Sets the persistence mode request.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, ModeRequest, PersistMode, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Msync);
+    /// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+    /// assert_eq!(pool.persistence(), PersistMode::Msync); // msync even on a DAX file system
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(mut self, mode: ModeRequest) -> Self {
         self.mode = mode;
         self
@@ -148,6 +228,23 @@ impl CreateOptions {
 }
 
 /// How to open an existing pool. The default opens read-write, checks no layout, auto mode.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, OpenOptions, Pool, PoolError, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("p.pool");
+/// drop(Pool::create(&path, &CreateOptions::new("my-app", MIN_POOL_SIZE))?);
+/// let pool = Pool::open(&path, &OpenOptions::new("my-app"))?;
+/// assert!(!pool.is_read_only());
+/// drop(pool);
+/// let err = Pool::open(&path, &OpenOptions::new("other-app")).unwrap_err();
+/// assert!(matches!(err, PoolError::LayoutMismatch { .. }));
+/// // The default accepts any layout.
+/// assert!(Pool::open(&path, &OpenOptions::default()).is_ok());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
     /// The layout name the pool must have; `None` accepts any.
@@ -161,6 +258,15 @@ pub struct OpenOptions {
 
 impl OpenOptions {
     /// Read-write, expecting `layout`.
+    ///
+    /// ```
+    /// use pmstore_pool::{ModeRequest, OpenOptions};
+    ///
+    /// let opts = OpenOptions::new("my-app");
+    /// assert_eq!(opts.layout.as_deref(), Some("my-app"));
+    /// assert!(!opts.read_only);
+    /// assert_eq!(opts.mode, ModeRequest::Auto);
+    /// ```
     pub fn new(layout: impl Into<String>) -> OpenOptions {
         OpenOptions {
             layout: Some(layout.into()),
@@ -169,12 +275,41 @@ impl OpenOptions {
     }
 
     /// Read-only (see [`OpenOptions::read_only`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, OpenOptions, Pool, PoolError, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("p.pool");
+    /// drop(Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?);
+    /// let ro = OpenOptions::new("doc").read_only(true);
+    /// let a = Pool::open(&path, &ro)?;
+    /// let b = Pool::open(&path, &ro)?; // readers share the lock
+    /// assert!(a.is_read_only() && b.is_read_only());
+    /// let w = Pool::open(&path, &OpenOptions::new("doc")); // a writer may not join
+    /// assert!(matches!(w, Err(PoolError::Locked { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn read_only(mut self, yes: bool) -> Self {
         self.read_only = yes;
         self
     }
 
     /// Sets the persistence mode request.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("p.pool");
+    /// drop(Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?);
+    /// let pool = Pool::open(&path, &OpenOptions::new("doc").mode(ModeRequest::Flush))?;
+    /// assert!(pool.persistence().uses_cache_flush()); // map-sync on DAX, forced-flush elsewhere
+    /// assert!(pool.flush_instr().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(mut self, mode: ModeRequest) -> Self {
         self.mode = mode;
         self
@@ -182,6 +317,20 @@ impl OpenOptions {
 }
 
 /// What [`Pool::inspect`] learns about a pool file without locking or mapping it.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Inspection, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("p.pool");
+/// let pool = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let info: Inspection = Pool::inspect(&path, Some("doc"))?;
+/// assert!(info.locked); // `pool` holds it open read-write
+/// assert_eq!(info.file_len, MIN_POOL_SIZE);
+/// assert_eq!(info.header.uuid, pool.header().uuid);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Inspection {
     /// The validated header.
@@ -219,6 +368,27 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 /// The pool layer hands out addresses and bounds-checked offsets; what may be stored where is
 /// the business of the layers above (allocator, transactions), whose safe APIs uphold the
 /// contracts of the `unsafe` accessors here.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, OpenOptions, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("p.pool");
+/// let pool = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().root_offset;
+/// let mut ctx = pool.flush_context();
+/// // SAFETY: no other thread or reference touches these bytes.
+/// unsafe { pool.copy_persist(&mut ctx, off, b"persistent")? };
+/// drop(pool);
+///
+/// let pool = Pool::open(&path, &OpenOptions::new("doc"))?;
+/// let mut buf = [0u8; 10];
+/// // SAFETY: as above.
+/// unsafe { pool.read(off, &mut buf) };
+/// assert_eq!(&buf, b"persistent");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Pool {
     mem: Memory,
     /// `header.pool_size`, kept beside the mapping for the bounds checks on the hot path.
@@ -252,6 +422,21 @@ impl Pool {
     /// writes the header and `fsync`s the file and its directory, so a crash at any point
     /// leaves either no file, or a file that [`Pool::open`] rejects with
     /// [`PoolError::Incomplete`], or a complete pool. On failure the partial file is removed.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, PoolError, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("p.pool");
+    /// let pool = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert_eq!(pool.size(), MIN_POOL_SIZE);
+    /// let again = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE));
+    /// assert!(matches!(again, Err(PoolError::AlreadyExists { .. })));
+    /// let small = Pool::create(dir.path().join("small.pool"), &CreateOptions::new("doc", 4096));
+    /// assert!(matches!(small, Err(PoolError::SizeTooSmall { size: 4096, .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Pool> {
         let path = path.as_ref();
         let geometry = opts.validate()?;
@@ -299,6 +484,24 @@ impl Pool {
     /// Opens an existing pool: locks it (exclusively, or shared when read-only), validates the
     /// header and the file's size, checks the layout name if one is given, and maps it.
     /// Every failure is a distinct [`PoolError`], and the file is never modified.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, OpenOptions, Pool, PoolError, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("p.pool");
+    /// let created = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let busy = Pool::open(&path, &OpenOptions::new("doc"));
+    /// assert!(matches!(busy, Err(PoolError::Locked { .. }))); // one writer at a time
+    /// let uuid = created.header().uuid;
+    /// drop(created);
+    /// let pool = Pool::open(&path, &OpenOptions::new("doc"))?;
+    /// assert_eq!(pool.header().uuid, uuid);
+    /// let missing = Pool::open(dir.path().join("nope"), &OpenOptions::new("doc"));
+    /// assert!(matches!(missing, Err(PoolError::NotFound { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Pool> {
         let path = path.as_ref();
         let mode = opts.mode.resolve()?;
@@ -313,6 +516,17 @@ impl Pool {
     /// Creates a pool in the simulated persistence domain (heap memory, no file): its
     /// creation is durable at once (working memory and media both hold the new pool). The pool
     /// runs the flush-mode code; see [`crate::sim`] for the model and crash exploration.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, PersistMode, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert_eq!(pool.persistence(), PersistMode::Simulated);
+    /// assert_eq!(sim.media_image().len() as u64, MIN_POOL_SIZE); // durable at once
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create_simulated(opts: &CreateOptions) -> Result<(Pool, Arc<SimDomain>)> {
         let geometry = opts.validate()?;
         let mut image = vec![0u8; opts.size as usize];
@@ -323,6 +537,27 @@ impl Pool {
     /// Opens a pool image (e.g. a crash image from [`crate::sim::CrashPoint::images`]) in a new
     /// simulated persistence domain whose working memory and media both hold `image`. Validates
     /// the header exactly as [`Pool::open`] does (`docs/FORMAT.md` §2.3 steps 5–16).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, OpenOptions, Pool, PoolError, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.copy_persist(&mut ctx, off, &[1; 8])? };
+    /// // "Power cut": reopen what the media holds.
+    /// let (after, _) = Pool::open_simulated(&sim.media_image(), &OpenOptions::new("doc"))?;
+    /// let mut b = [0u8; 8];
+    /// // SAFETY: nothing else uses `after`.
+    /// unsafe { after.read(off, &mut b) };
+    /// assert_eq!(b, [1; 8]);
+    /// let bad = Pool::open_simulated(&[0; 4096], &OpenOptions::new("doc"));
+    /// assert!(bad.unwrap_err().is_invalid_pool());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open_simulated(image: &[u8], opts: &OpenOptions) -> Result<(Pool, Arc<SimDomain>)> {
         let path = Path::new("<simulated>");
         let mut page = [0u8; HEADER_SIZE];
@@ -353,6 +588,21 @@ impl Pool {
     }
 
     /// Reads and validates a pool's header without locking or mapping it (for `pmstore info`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, PoolError, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("p.pool");
+    /// drop(Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?);
+    /// let info = Pool::inspect(&path, None)?;
+    /// assert!(!info.locked);
+    /// assert_eq!(info.header.layout_name(), "doc");
+    /// let wrong = Pool::inspect(&path, Some("other"));
+    /// assert!(matches!(wrong, Err(PoolError::LayoutMismatch { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn inspect(path: impl AsRef<Path>, layout: Option<&str>) -> Result<Inspection> {
         let path = path.as_ref();
         let request = ModeRequest::Auto.resolve()?;
@@ -429,31 +679,103 @@ impl Pool {
     }
 
     /// The path the pool was opened at.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("p.pool");
+    /// let pool = Pool::create(&path, &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert_eq!(pool.path(), path);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The pool's (validated, immutable) header.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE, POOL_MAGIC};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let h = pool.header();
+    /// assert_eq!(h.magic, POOL_MAGIC);
+    /// assert_eq!(h.pool_size, MIN_POOL_SIZE);
+    /// assert_eq!(h.checksum, h.compute_checksum());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn header(&self) -> &PoolHeader {
         &self.header
     }
 
     /// Where the root area, lanes and heap lie.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, HEADER_SIZE, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let g = pool.geometry();
+    /// assert_eq!(g.root_offset, HEADER_SIZE as u64);
+    /// assert_eq!(g.lanes_offset, g.root_offset + g.root_size);
+    /// assert_eq!(g.heap_offset + g.heap_size, pool.size()); // the heap runs to the end
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn geometry(&self) -> Geometry {
         self.header.geometry()
     }
 
     /// Total size of the pool in bytes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", 16 << 20))?;
+    /// assert_eq!(pool.size(), 16 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn size(&self) -> u64 {
         self.header.pool_size
     }
 
     /// How stores are made durable in this pool.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let pool = Pool::create(dir.path().join("p.pool"), &CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let mode = pool.persistence(); // map-sync on DAX, msync elsewhere (unless PMSTORE_FORCE_MODE)
+    /// assert!(["map-sync", "forced-flush", "msync"].contains(&mode.name()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn persistence(&self) -> PersistMode {
         self.mode
     }
 
     /// The cache-flush instruction in use (flush modes only).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, FlushInstr, ModeRequest, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let flush = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Flush);
+    /// let pool = Pool::create(dir.path().join("f.pool"), &flush)?;
+    /// assert_eq!(pool.flush_instr(), Some(FlushInstr::detect()));
+    /// let msync = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Msync);
+    /// let pool = Pool::create(dir.path().join("m.pool"), &msync)?;
+    /// assert_eq!(pool.flush_instr(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn flush_instr(&self) -> Option<FlushInstr> {
         match self.backend {
             Backend::Flush(i) => Some(i),
@@ -462,21 +784,82 @@ impl Pool {
     }
 
     /// Whether the pool was opened read-only.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, OpenOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert!(!pool.is_read_only());
+    /// let ro = OpenOptions::new("doc").read_only(true);
+    /// let (view, _) = Pool::open_simulated(&sim.media_image(), &ro)?;
+    /// assert!(view.is_read_only());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
 
     /// Whether an earlier msync failed (see [`PoolError::Poisoned`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert!(!pool.is_poisoned()); // only a failed msync poisons a pool
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Relaxed)
     }
 
     /// Pool-wide persistence counters: everything counted by any of its contexts so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let (mut a, mut b) = (pool.flush_context(), pool.flush_context());
+    /// pool.persist(&mut a, off, 64)?;
+    /// pool.persist(&mut b, off + 64, 128)?;
+    /// let total = pool.counters(); // every context's counts
+    /// assert_eq!((total.lines_flushed, total.drains), (3, 2));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn counters(&self) -> PersistCounters {
         self.counters.total()
     }
 
     /// A new context for flushing and draining (one per thread or lane).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let pool = std::sync::Arc::new(pool);
+    /// let workers: Vec<_> = (0..2u64)
+    ///     .map(|i| {
+    ///         let pool = pool.clone();
+    ///         std::thread::spawn(move || {
+    ///             let mut ctx = pool.flush_context(); // one per thread
+    ///             let off = pool.geometry().root_offset + 64 * i;
+    ///             pool.persist(&mut ctx, off, 64).map(|()| ctx.counters().drains)
+    ///         })
+    ///     })
+    ///     .collect();
+    /// for w in workers {
+    ///     assert_eq!(w.join().unwrap()?, 1);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn flush_context(&self) -> FlushContext {
         FlushContext::new(self.id, &self.counters)
     }
@@ -501,6 +884,26 @@ impl Pool {
     ///
     /// # Panics
     /// If the range is not inside the pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let p = pool.ptr_at(off, 8).cast::<u64>();
+    /// // SAFETY: no other thread or reference touches these bytes; the root area is page-aligned.
+    /// unsafe { p.as_ptr().write(7) };
+    /// let mut b = [0u8; 8];
+    /// // SAFETY: as above.
+    /// unsafe { pool.read(off, &mut b) };
+    /// assert_eq!(u64::from_ne_bytes(b), 7);
+    /// assert!(std::panic::catch_unwind(|| pool.ptr_at(pool.size(), 1)).is_err()); // outside
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn ptr_at(&self, offset: u64, len: u64) -> NonNull<u8> {
         self.check_range(offset, len);
@@ -515,6 +918,21 @@ impl Pool {
     ///
     /// # Panics
     /// If the range is not inside the pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE, POOL_MAGIC};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let mut magic = [0u8; 8];
+    /// // SAFETY: nothing writes the header.
+    /// unsafe { pool.read(0, &mut magic) };
+    /// assert_eq!(magic, POOL_MAGIC);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn read(&self, offset: u64, dst: &mut [u8]) {
         let src = self.ptr_at(offset, dst.len() as u64);
         // SAFETY: the range is inside the mapping (ptr_at); the caller rules out races.
@@ -529,6 +947,24 @@ impl Pool {
     ///
     /// # Panics
     /// If the range is not inside the pool, or the pool is read-only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, b"volatile") };
+    /// assert_eq!(sim.unflushed_lines(), [off]); // not durable until flushed and drained
+    /// let mut ctx = pool.flush_context();
+    /// pool.persist(&mut ctx, off, 8)?;
+    /// assert!(sim.unflushed_lines().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn write(&self, offset: u64, src: &[u8]) {
         assert!(!self.read_only, "write to a read-only pool");
         let dst = self.ptr_at(offset, src.len() as u64);
@@ -542,6 +978,26 @@ impl Pool {
     ///
     /// # Panics
     /// If the range is not inside the pool, or `ctx` belongs to another pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, ModeRequest, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Flush);
+    /// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off + 60, &[1; 8]) };
+    /// pool.flush(&mut ctx, off + 60, 8); // straddles two cache lines
+    /// assert_eq!(ctx.counters().lines_flushed, 2);
+    /// assert!(ctx.has_pending());
+    /// pool.drain(&mut ctx)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn flush(&self, ctx: &mut FlushContext, offset: u64, len: u64) {
         self.check_range(offset, len);
@@ -582,6 +1038,27 @@ impl Pool {
     /// # Errors
     /// [`PoolError::Msync`] if an msync fails (the pool is then poisoned), and
     /// [`PoolError::Poisoned`] on every drain after that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, ModeRequest, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Msync);
+    /// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[1; 8]) };
+    /// pool.flush(&mut ctx, off, 8); // msync mode: records the page
+    /// pool.drain(&mut ctx)?; // one msync of that page
+    /// assert_eq!((ctx.counters().drains, ctx.counters().msync_calls), (1, 1));
+    /// pool.drain(&mut ctx)?; // nothing flushed since: no-op
+    /// assert_eq!(ctx.counters().drains, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn drain(&self, ctx: &mut FlushContext) -> Result<()> {
         assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
         if self.poisoned.load(Ordering::Relaxed) {
@@ -647,6 +1124,21 @@ impl Pool {
     }
 
     /// `flush` then `drain`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, b"durable!") };
+    /// pool.persist(&mut ctx, off, 8)?;
+    /// assert_eq!(&sim.media_image()[off as usize..][..8], b"durable!");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn persist(&self, ctx: &mut FlushContext, offset: u64, len: u64) -> Result<()> {
         self.flush(ctx, offset, len);
         self.drain(ctx)
@@ -663,6 +1155,27 @@ impl Pool {
     /// # Panics
     /// If the range is not inside the pool, the pool is read-only, or `ctx` belongs to
     /// another pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, ModeRequest, Pool, MIN_POOL_SIZE, NT_THRESHOLD};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Flush);
+    /// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe {
+    ///     pool.copy_nodrain(&mut ctx, off, &[1; 64]); // small: stores + a flush
+    ///     pool.copy_nodrain(&mut ctx, off + 1024, &vec![2; NT_THRESHOLD]); // non-temporal
+    /// }
+    /// pool.drain(&mut ctx)?; // both durable now
+    /// assert_eq!(ctx.counters().nt_bytes, NT_THRESHOLD as u64);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn copy_nodrain(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) {
         // SAFETY: forwarded contract.
         unsafe { self.copy_inner(ctx, offset, src, src.len() >= NT_THRESHOLD) }
@@ -679,6 +1192,24 @@ impl Pool {
     ///
     /// # Panics
     /// As [`Pool::copy_nodrain`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, ModeRequest, Pool, MIN_POOL_SIZE};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Flush);
+    /// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.copy_nt_nodrain(&mut ctx, off, &[3; 128]) }; // two whole lines
+    /// pool.drain(&mut ctx)?;
+    /// assert_eq!(ctx.counters().nt_bytes, 128);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn copy_nt_nodrain(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) {
         // SAFETY: forwarded contract.
         unsafe { self.copy_inner(ctx, offset, src, true) }
@@ -712,6 +1243,22 @@ impl Pool {
     ///
     /// # Safety
     /// As [`Pool::copy_nodrain`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.copy_persist(&mut ctx, off, b"hello")? };
+    /// assert_eq!(&sim.media_image()[off as usize..][..5], b"hello");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn copy_persist(
         &self,
         ctx: &mut FlushContext,

@@ -35,6 +35,22 @@ type Hook = Box<dyn FnMut(&CrashPoint<'_>) + Send>;
 /// The simulated persistence domain behind a simulated pool. Obtain one from
 /// [`Pool::create_simulated`](crate::Pool::create_simulated) or
 /// [`Pool::open_simulated`](crate::Pool::open_simulated).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().heap_offset;
+/// let mut ctx = pool.flush_context();
+/// // SAFETY: no other thread or reference touches these bytes.
+/// unsafe { pool.write(off, &[7; 8]) };
+/// assert_eq!(sim.unflushed_lines(), [off]); // written, not flushed
+/// pool.persist(&mut ctx, off, 8)?; // flush + drain
+/// assert!(sim.unflushed_lines().is_empty());
+/// assert_eq!(sim.media_image()[off as usize], 7); // survives a power cut
+/// # Ok(())
+/// # }
+/// ```
 pub struct SimDomain {
     working: HeapMem,
     len: usize,
@@ -58,6 +74,23 @@ impl std::fmt::Debug for SimDomain {
 }
 
 /// One line that differs between working memory and media at a crash point.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().heap_offset;
+/// let mut ctx = pool.flush_context();
+/// // SAFETY: no other thread or reference touches these bytes.
+/// unsafe { pool.write(off + 3, &[9]) };
+/// pool.flush(&mut ctx, off + 3, 1); // flushed, not drained yet
+/// let line = sim.with_crash_point(|cp| cp.in_flight[0].clone());
+/// assert_eq!(line.offset, off); // the whole 64-byte line
+/// assert_eq!(line.data[3], 9);
+/// assert!(line.flushed);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InFlightLine {
     /// Pool offset of the line (a multiple of 64).
@@ -70,6 +103,24 @@ pub struct InFlightLine {
 }
 
 /// The persistence state at one instant: the media image and the lines in flight.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().heap_offset;
+/// let mut ctx = pool.flush_context();
+/// // SAFETY: no other thread or reference touches these bytes.
+/// unsafe { pool.write(off, &[1; 8]) };
+/// pool.flush(&mut ctx, off, 8);
+/// sim.with_crash_point(|cp| {
+///     assert_eq!(cp.drain, 0); // no drain yet
+///     assert_eq!(cp.media[off as usize], 0); // not surely durable...
+///     assert_eq!(cp.in_flight.len(), 1); // ...but may be written back any time
+/// });
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct CrashPoint<'a> {
     /// Drains completed before this point.
@@ -80,8 +131,46 @@ pub struct CrashPoint<'a> {
     pub in_flight: Vec<InFlightLine>,
 }
 
+/// Building crash images from a crash point.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, OpenOptions, Pool, MIN_POOL_SIZE};
+/// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().heap_offset;
+/// // SAFETY: no other thread or reference touches these bytes.
+/// unsafe { pool.write(off, &[5; 8]) };
+/// // Each possible crash image opens as a pool of its own.
+/// let images: Vec<Vec<u8>> = sim.with_crash_point(|cp| cp.images(4, 0, 0).collect());
+/// assert_eq!(images.len(), 2); // the line written back, or not
+/// for image in &images {
+///     let (crashed, _) = Pool::open_simulated(image, &OpenOptions::new("doc"))?;
+///     let mut b = [0u8; 1];
+///     // SAFETY: nothing else uses `crashed`.
+///     unsafe { crashed.read(off, &mut b) };
+///     assert!(b[0] == 0 || b[0] == 5);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 impl CrashPoint<'_> {
     /// The media image with exactly the in-flight lines selected by `select(i)` written back.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().heap_offset;
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe {
+    ///     pool.write(off, &[1]);
+    ///     pool.write(off + 64, &[2]);
+    /// }
+    /// let img = sim.with_crash_point(|cp| cp.image_with(|i| i == 1)); // only the second line
+    /// assert_eq!((img[off as usize], img[off as usize + 64]), (0, 2));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn image_with(&self, mut select: impl FnMut(usize) -> bool) -> Vec<u8> {
         let mut img = self.media.to_vec();
         for (i, l) in self.in_flight.iter().enumerate() {
@@ -94,6 +183,21 @@ impl CrashPoint<'_> {
     }
 
     /// How many images [`CrashPoint::images`] yields with these limits.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().heap_offset;
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[1; 192]) }; // three lines in flight
+    /// sim.with_crash_point(|cp| {
+    ///     assert_eq!(cp.image_count(3, 10), 8); // all 2^3 subsets
+    ///     assert_eq!(cp.image_count(2, 10), 10); // too many lines: 10 samples
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn image_count(&self, exhaustive_max: usize, samples: usize) -> usize {
         let n = self.in_flight.len();
         if n <= exhaustive_max {
@@ -106,6 +210,21 @@ impl CrashPoint<'_> {
     /// Every possible crash image when at most `exhaustive_max` lines are in flight (all
     /// 2^n subsets); otherwise `samples` subsets chosen by a generator seeded with `seed`
     /// (always including "none written back" and "all written back").
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().heap_offset as usize;
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off as u64, &[1; 128]) }; // two lines in flight
+    /// let images: Vec<Vec<u8>> = sim.with_crash_point(|cp| cp.images(8, 0, 0).collect());
+    /// let mut seen: Vec<(u8, u8)> = images.iter().map(|i| (i[off], i[off + 64])).collect();
+    /// seen.sort();
+    /// assert_eq!(seen, [(0, 0), (0, 1), (1, 0), (1, 1)]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn images(
         &self,
         exhaustive_max: usize,
@@ -144,6 +263,22 @@ impl SplitMix64 {
     }
 }
 
+/// Observing and exploring the simulated domain.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+/// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+/// let off = pool.geometry().heap_offset;
+/// let mut ctx = pool.flush_context();
+/// // SAFETY: no other thread or reference touches these bytes.
+/// unsafe { pool.write(off, b"durable!") };
+/// pool.persist(&mut ctx, off, 8)?;
+/// assert_eq!(sim.drains(), 1);
+/// assert_eq!(sim.media_image(), sim.working_image()); // nothing in flight
+/// # Ok(())
+/// # }
+/// ```
 impl SimDomain {
     /// A domain whose working memory and media both hold `image`.
     pub(crate) fn from_image(image: &[u8]) -> SimDomain {
@@ -247,16 +382,74 @@ impl SimDomain {
     /// Calls `hook` at every later drain, with the crash point just before that drain takes
     /// effect. The hook must not use this domain's pool (the domain is locked while it runs);
     /// it may open other simulated pools, e.g. from the crash images.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::{Arc, Mutex};
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// sim.set_crash_hook(move |cp| log.lock().unwrap().push(cp.in_flight.len()));
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[1; 8]) };
+    /// pool.persist(&mut ctx, off, 8)?; // the hook runs just before this drain
+    /// sim.clear_crash_hook();
+    /// assert_eq!(*seen.lock().unwrap(), [1]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_crash_hook(&self, hook: impl FnMut(&CrashPoint<'_>) + Send + 'static) {
         self.state().hook = Some(Box::new(hook));
     }
 
     /// Removes the crash hook.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// let calls = Arc::new(AtomicU64::new(0));
+    /// let c = Arc::clone(&calls);
+    /// sim.set_crash_hook(move |_| {
+    ///     c.fetch_add(1, Ordering::Relaxed);
+    /// });
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[1]) };
+    /// pool.persist(&mut ctx, off, 1)?;
+    /// sim.clear_crash_hook();
+    /// // SAFETY: as above.
+    /// unsafe { pool.write(off, &[2]) };
+    /// pool.persist(&mut ctx, off, 1)?; // no hook any more
+    /// assert_eq!(calls.load(Ordering::Relaxed), 1);
+    /// assert_eq!(sim.drains(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn clear_crash_hook(&self) {
         self.state().hook = None;
     }
 
     /// Runs `f` on the crash point of this instant (e.g. after the last drain of a workload).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[1]) };
+    /// let offsets: Vec<u64> = sim.with_crash_point(|cp| cp.in_flight.iter().map(|l| l.offset).collect());
+    /// assert_eq!(offsets, [off]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_crash_point<R>(&self, f: impl FnOnce(&CrashPoint<'_>) -> R) -> R {
         let st = self.state();
         let cp = self.crash_point_locked(&st);
@@ -264,11 +457,40 @@ impl SimDomain {
     }
 
     /// A copy of the media image: what a power cut now would surely leave.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[3]) };
+    /// pool.flush(&mut ctx, off, 1);
+    /// assert_eq!(sim.media_image()[off as usize], 0); // flushed, not drained
+    /// pool.drain(&mut ctx)?;
+    /// assert_eq!(sim.media_image()[off as usize], 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn media_image(&self) -> Vec<u8> {
         self.state().media.clone()
     }
 
     /// A copy of the working memory, as if every line were written back (a clean shutdown).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[4]) }; // never flushed
+    /// assert_eq!(sim.working_image()[off as usize], 4);
+    /// assert_eq!(sim.media_image()[off as usize], 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn working_image(&self) -> Vec<u8> {
         (0..self.len as u64 / LINE)
             .flat_map(|l| self.working_line(l))
@@ -277,6 +499,20 @@ impl SimDomain {
 
     /// Offsets of lines modified in working memory but neither on the media nor flushed by any
     /// context: at a commit, these are missing flushes (what pmemcheck would report).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these bytes.
+    /// unsafe { pool.write(off, &[1; 130]) }; // lines off, off + 64, off + 128
+    /// pool.flush(&mut ctx, off, 64); // forgot the other two
+    /// assert_eq!(sim.unflushed_lines(), [off + 64, off + 128]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn unflushed_lines(&self) -> Vec<u64> {
         self.with_crash_point(|cp| {
             cp.in_flight
@@ -288,6 +524,21 @@ impl SimDomain {
     }
 
     /// Drains completed so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// # let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// # let off = pool.geometry().heap_offset;
+    /// let mut ctx = pool.flush_context();
+    /// pool.drain(&mut ctx)?; // nothing flushed: no drain happens
+    /// assert_eq!(sim.drains(), 0);
+    /// pool.flush(&mut ctx, off, 8);
+    /// pool.drain(&mut ctx)?;
+    /// assert_eq!(sim.drains(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn drains(&self) -> u64 {
         self.state().drains
     }

@@ -7,6 +7,20 @@ use pmstore_pool::PoolError;
 pub type Result<T, E = TxError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the transaction layer.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_tx::{CreateOptions, PPtr, Pool, TxError};
+/// # let dir = tempfile::tempdir()?;
+/// let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+/// let r = pool.read(|tx| tx.get(PPtr::<u64>::NULL).copied());
+/// assert!(matches!(r, Err(TxError::Null)));
+/// let forged = PPtr::<u64>::from_offset(8); // inside the pool header
+/// let r = pool.read(|tx| tx.get(forged).copied());
+/// assert!(matches!(r, Err(TxError::InvalidPointer { offset: 8, len: 8 })));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TxError {
@@ -93,6 +107,19 @@ pub enum TxError {
 impl TxError {
     /// Whether the error means "not a valid pool for this program" (wrong file, corrupt,
     /// foreign, another layout, unsupported version) as opposed to an environment error.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, OpenOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("doc.pool");
+    /// drop(Pool::create(&path, &CreateOptions::new("doc", 8 << 20))?);
+    /// let err = Pool::open(&path, &OpenOptions::new("another-app")).unwrap_err();
+    /// assert!(err.is_invalid_pool()); // not a pool for this program
+    /// assert!(!TxError::Conflict.is_invalid_pool());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_invalid_pool(&self) -> bool {
         match self {
             TxError::Pool(e) => e.is_invalid_pool(),

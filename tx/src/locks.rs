@@ -132,6 +132,16 @@ impl LockTable {
     /// # Panics
     ///
     /// Unless `stripes` is a power of two (at least 1) and at most 2^32.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Budget, LockTable};
+    ///
+    /// let table = LockTable::new(1024);
+    /// assert_eq!(table.stripes(), 1024);
+    /// assert_eq!(table.budget(), Budget::default());
+    /// ```
     pub fn new(stripes: usize) -> LockTable {
         LockTable::with_budget(stripes, Budget::default())
     }
@@ -141,6 +151,20 @@ impl LockTable {
     /// # Panics
     ///
     /// Unless `stripes` is a power of two (at least 1) and at most 2^32.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Budget, Conflict, LockSet, LockTable};
+    ///
+    /// // Try each stripe exactly once: a held stripe is an immediate conflict.
+    /// let table = LockTable::with_budget(16, Budget { spins: 0, yields: 0 });
+    /// let (mut a, mut b) = (LockSet::new(), LockSet::new());
+    /// a.lock_exclusive(&table, 0, 8)?;
+    /// assert_eq!(b.lock_shared(&table, 0, 8), Err(Conflict));
+    /// a.release_all(&table);
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn with_budget(stripes: usize, budget: Budget) -> LockTable {
         assert!(
             stripes.is_power_of_two() && u32::try_from(stripes - 1).is_ok(),
@@ -157,11 +181,24 @@ impl LockTable {
     }
 
     /// The number of stripes.
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{LockTable, DEFAULT_STRIPES};
+    ///
+    /// assert_eq!(LockTable::new(DEFAULT_STRIPES).stripes(), 4096);
+    /// ```
     pub fn stripes(&self) -> usize {
         self.words.len()
     }
 
     /// The budget of every acquisition on this table.
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Budget, LockTable};
+    ///
+    /// let budget = Budget { spins: 8, yields: 1 };
+    /// assert_eq!(LockTable::with_budget(4, budget).budget(), budget);
+    /// ```
     pub fn budget(&self) -> Budget {
         self.budget
     }
@@ -170,6 +207,17 @@ impl LockTable {
     /// without duplicates. `len == 0` covers nothing; a range of at least as many stripes as
     /// the table has covers every stripe once; a range that wraps around the end of the table
     /// yields the low stripes first. A range reaching past `u64::MAX` is cut there.
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{LockTable, STRIPE_SHIFT};
+    ///
+    /// let table = LockTable::new(4); // stripes of 256 bytes, 1 KiB around
+    /// assert_eq!(1u64 << STRIPE_SHIFT, 256);
+    /// assert_eq!(table.stripes_for(250, 10).collect::<Vec<_>>(), [0, 1]);
+    /// assert_eq!(table.stripes_for(768, 512).collect::<Vec<_>>(), [0, 3]); // wraps: low first
+    /// assert_eq!(table.stripes_for(0, 1 << 20).count(), 4); // each stripe once
+    /// assert_eq!(table.stripes_for(100, 0).count(), 0);
+    /// ```
     pub fn stripes_for(&self, offset: u64, len: u64) -> impl Iterator<Item = usize> + Clone {
         let (low, high) = self.ranges(offset, len);
         low.chain(high)
@@ -290,6 +338,14 @@ pub struct LockSet {
 
 impl LockSet {
     /// An empty set.
+    ///
+    /// ```
+    /// use pmstore_tx::locks::LockSet;
+    ///
+    /// let set = LockSet::new();
+    /// assert!(set.is_empty());
+    /// assert_eq!(set.len(), 0);
+    /// ```
     pub fn new() -> LockSet {
         LockSet::default()
     }
@@ -305,6 +361,22 @@ impl LockSet {
     /// # Panics
     ///
     /// If the set holds locks of another table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Conflict, LockSet, LockTable, Mode};
+    ///
+    /// let table = LockTable::new(64);
+    /// let (mut a, mut b) = (LockSet::new(), LockSet::new());
+    /// a.lock_shared(&table, 0, 512)?; // two stripes
+    /// b.lock_shared(&table, 256, 8)?; // readers share
+    /// assert!(a.holds(&table, 0, 512, Mode::Shared));
+    /// assert!(!a.holds(&table, 0, 512, Mode::Exclusive));
+    /// a.release_all(&table);
+    /// b.release_all(&table);
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn lock_shared(
         &mut self,
         table: &LockTable,
@@ -345,6 +417,25 @@ impl LockSet {
     /// # Panics
     ///
     /// If the set holds locks of another table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Budget, Conflict, LockSet, LockTable, Mode};
+    ///
+    /// let table = LockTable::with_budget(64, Budget { spins: 0, yields: 0 });
+    /// let (mut a, mut b) = (LockSet::new(), LockSet::new());
+    /// a.lock_shared(&table, 0, 8)?;
+    /// a.lock_exclusive(&table, 0, 8)?; // the only reader: upgraded in place
+    /// assert!(a.holds(&table, 0, 8, Mode::Exclusive));
+    /// assert_eq!(a.len(), 1);
+    /// assert_eq!(b.lock_exclusive(&table, 0, 8), Err(Conflict)); // b gives up
+    /// assert!(b.is_empty()); // exactly as before the failed call
+    /// a.release_all(&table);
+    /// b.lock_exclusive(&table, 0, 8)?; // free now
+    /// b.release_all(&table);
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn lock_exclusive(
         &mut self,
         table: &LockTable,
@@ -400,6 +491,21 @@ impl LockSet {
     /// # Panics
     ///
     /// If the set holds locks of another table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Conflict, LockSet, LockTable, Mode};
+    ///
+    /// let table = LockTable::new(64);
+    /// let mut set = LockSet::new();
+    /// set.lock_exclusive(&table, 0, 256)?;
+    /// assert!(set.holds(&table, 0, 256, Mode::Shared)); // exclusive counts as shared
+    /// assert!(!set.holds(&table, 0, 257, Mode::Shared)); // the next stripe is not held
+    /// assert!(set.holds(&table, 9999, 0, Mode::Exclusive)); // an empty range
+    /// set.release_all(&table);
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn holds(&self, table: &LockTable, offset: u64, len: u64, mode: Mode) -> bool {
         self.check(table);
         let all = self.held.len();
@@ -416,6 +522,21 @@ impl LockSet {
     /// # Panics
     ///
     /// If the set holds locks of another table than `table`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Budget, Conflict, LockSet, LockTable};
+    ///
+    /// let table = LockTable::with_budget(64, Budget { spins: 0, yields: 0 });
+    /// let (mut a, mut b) = (LockSet::new(), LockSet::new());
+    /// a.lock_exclusive(&table, 0, 1024)?;
+    /// a.release_all(&table);
+    /// assert!(a.is_empty());
+    /// b.lock_exclusive(&table, 0, 1024)?; // every stripe free again
+    /// b.release_all(&table);
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn release_all(&mut self, table: &LockTable) {
         self.check(table);
         for (s, mode) in self.held.drain(..) {
@@ -427,11 +548,35 @@ impl LockSet {
     }
 
     /// The number of stripes held.
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Conflict, LockSet, LockTable};
+    ///
+    /// let table = LockTable::new(64);
+    /// let mut set = LockSet::new();
+    /// set.lock_shared(&table, 0, 1024)?; // four 256-byte stripes
+    /// set.lock_exclusive(&table, 0, 8)?; // upgrades one: still four
+    /// assert_eq!(set.len(), 4);
+    /// set.release_all(&table);
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.held.len()
     }
 
     /// Whether the set holds no lock.
+    ///
+    /// ```
+    /// use pmstore_tx::locks::{Conflict, LockSet, LockTable};
+    ///
+    /// let table = LockTable::new(64);
+    /// let mut set = LockSet::new();
+    /// set.lock_shared(&table, 0, 8)?;
+    /// assert!(!set.is_empty());
+    /// set.release_all(&table);
+    /// assert!(set.is_empty());
+    /// # Ok::<(), Conflict>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }

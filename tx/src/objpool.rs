@@ -64,6 +64,30 @@ impl Drop for ActiveGuard {
 /// An open pool with transactions: the pool file (`pmstore-pool`), its allocator
 /// (`pmstore-alloc`) and the lock table of its transactions. Share it between threads by
 /// reference (it is `Sync`); each [`Pool::transaction`] runs on the calling thread.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_tx::{CreateOptions, Pool, TxError};
+/// # let dir = tempfile::tempdir()?;
+/// let pool = Pool::create(dir.path().join("hits.pool"), &CreateOptions::new("hits", 8 << 20))?;
+/// let hits = pool.root::<u64>()?;
+/// std::thread::scope(|s| {
+///     for _ in 0..2 {
+///         s.spawn(|| {
+///             for _ in 0..10 {
+///                 pool.transaction(|tx| {
+///                     *tx.get_mut(hits)? += 1; // serializable: no update is lost
+///                     Ok::<_, TxError>(())
+///                 })
+///                 .unwrap();
+///             }
+///         });
+///     }
+/// });
+/// assert_eq!(pool.read(|tx| tx.get(hits).copied())?, 20);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Pool {
     // Field order is drop order: the heap (lanes, reservations) before the mapping.
     heap: Heap,
@@ -89,6 +113,22 @@ impl Pool {
     ///
     /// # Errors
     /// The pool layer's creation errors ([`TxError::Pool`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// use pmstore_tx::pool::PoolError;
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("app.pool");
+    /// let pool = Pool::create(&path, &CreateOptions::new("my-app", 8 << 20))?;
+    /// assert_eq!(pool.raw().size(), 8 << 20);
+    /// let again = Pool::create(&path, &CreateOptions::new("my-app", 8 << 20));
+    /// assert!(matches!(again, Err(TxError::Pool(PoolError::AlreadyExists { .. }))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Pool> {
         Pool::from_raw(RawPool::create(path, opts)?)
     }
@@ -100,6 +140,28 @@ impl Pool {
     /// # Errors
     /// The pool layer's open errors; [`TxError::Alloc`] if recovery finds a corrupt log
     /// (nothing is modified then) or a read-only pool needs recovery.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, OpenOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("app.pool");
+    /// {
+    ///     let pool = Pool::create(&path, &CreateOptions::new("my-app", 8 << 20))?;
+    ///     let root = pool.root::<u64>()?;
+    ///     pool.transaction(|tx| {
+    ///         *tx.get_mut(root)? = 42;
+    ///         Ok::<_, TxError>(())
+    ///     })?;
+    /// }
+    /// let pool = Pool::open(&path, &OpenOptions::new("my-app"))?; // recovers, if need be
+    /// let root = pool.root::<u64>()?; // the same root object
+    /// assert_eq!(pool.read(|tx| tx.get(root).copied())?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Pool> {
         Pool::from_raw(RawPool::open(path, opts)?)
     }
@@ -108,6 +170,37 @@ impl Pool {
     ///
     /// # Errors
     /// As [`Pool::open`] after the file is open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::{Arc, Mutex};
+    /// use pmstore_tx::pool::Pool as RawPool;
+    /// use pmstore_tx::{CreateOptions, OpenOptions, Pool, TxError};
+    ///
+    /// // Crash-state exploration: record the media image at every drain of one transaction.
+    /// let (raw, sim) = RawPool::create_simulated(&CreateOptions::new("doc", 8 << 20))?;
+    /// let pool = Pool::from_raw(raw)?;
+    /// let root = pool.root::<u64>()?;
+    /// let images = Arc::new(Mutex::new(Vec::new()));
+    /// let record = Arc::clone(&images);
+    /// sim.set_crash_hook(move |cp| record.lock().unwrap().push(cp.media.to_vec()));
+    /// pool.transaction(|tx| {
+    ///     *tx.get_mut(root)? = 7;
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// sim.clear_crash_hook();
+    /// // Whatever drain the power cut precedes, recovery yields 0 or 7, never anything else.
+    /// for image in images.lock().unwrap().iter() {
+    ///     let (raw, _) = RawPool::open_simulated(image, &OpenOptions::new("doc"))?;
+    ///     let crashed = Pool::from_raw(raw)?;
+    ///     let v = crashed.read(|tx| tx.get(root).copied())?;
+    ///     assert!(v == 0 || v == 7);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_raw(mut raw: RawPool) -> Result<Pool> {
         let (heap, recovery) = Heap::open(&mut raw)?;
         // The root area past the root entry is reserved: must be zero (FORMAT.md §6.1).
@@ -132,11 +225,34 @@ impl Pool {
     }
 
     /// The pool file layer (header, mapping, persistence mode, counters).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool};
+    /// # let dir = tempfile::tempdir()?;
+    /// let pool = Pool::create(dir.path().join("app.pool"), &CreateOptions::new("my-app", 8 << 20))?;
+    /// assert_eq!(pool.raw().header().layout_name(), "my-app");
+    /// assert_eq!(pool.raw().path(), dir.path().join("app.pool"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn raw(&self) -> &RawPool {
         &self.raw
     }
 
     /// The allocator.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let pool = Pool::create(dir.path().join("app.pool"), &CreateOptions::new("my-app", 8 << 20))?;
+    /// pool.transaction(|tx| tx.alloc([0u8; 100]).map(drop))?;
+    /// let stats = pool.heap().stats(pool.raw())?;
+    /// assert_eq!(stats.bytes_allocated, 128); // 100 bytes are served from a 128-byte block
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn heap(&self) -> &Heap {
         &self.heap
     }
@@ -146,21 +262,80 @@ impl Pool {
     }
 
     /// What recovery did when this pool was opened.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool};
+    /// # let dir = tempfile::tempdir()?;
+    /// let pool = Pool::create(dir.path().join("app.pool"), &CreateOptions::new("my-app", 8 << 20))?;
+    /// let report = pool.recovery_report();
+    /// assert_eq!((report.logs_replayed, report.invalid_cleared), (0, 0)); // a clean pool
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery
     }
 
     /// The persistence mode in force.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, ModeRequest, PersistMode, Pool};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("my-app", 8 << 20).mode(ModeRequest::Msync);
+    /// let pool = Pool::create(dir.path().join("app.pool"), &opts)?;
+    /// assert_eq!(pool.persistence(), PersistMode::Msync);
+    /// assert!(pool.persistence().power_fail_safe());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn persistence(&self) -> PersistMode {
         self.raw.persistence()
     }
 
     /// Pool-wide persistence counters (lines flushed, drains, msync calls).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, ModeRequest, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = CreateOptions::new("my-app", 8 << 20).mode(ModeRequest::Msync);
+    /// let pool = Pool::create(dir.path().join("app.pool"), &opts)?;
+    /// let root = pool.root::<[u64; 4]>()?;
+    /// let before = pool.counters();
+    /// pool.transaction(|tx| {
+    ///     tx.get_mut(root)?[0] += 1;
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let cost = pool.counters() - before;
+    /// assert_eq!(cost.drains, 2); // the commit point, then the applied values
+    /// assert_eq!(cost.msync_calls, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn counters(&self) -> PersistCounters {
         self.raw.counters()
     }
 
     /// What this thread's most recent committed transaction (on any pool) logged.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let root = pool.root::<[u64; 8]>()?;
+    /// pool.transaction(|tx| {
+    ///     tx.get_mut(root)?[5] = 1; // a whole-object copy, one word changed
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let info = pool.last_commit();
+    /// assert!(info.logged);
+    /// assert_eq!((info.ranges, info.range_bytes), (1, 64)); // that word's cache line
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn last_commit(&self) -> CommitInfo {
         LAST_COMMIT.with(|c| c.get())
     }
@@ -177,6 +352,22 @@ impl Pool {
     /// [`TxError::RootMismatch`] if the root exists with another size; allocation errors on
     /// first use; [`TxError::InvalidPointer`] if the root entry is corrupt;
     /// [`TxError::NestedTransaction`] inside a transaction on this pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let root = pool.root::<[u64; 2]>()?;
+    /// assert_eq!(pool.read(|tx| tx.get(root).copied())?, [0, 0]); // zeroed on first use
+    /// assert_eq!(pool.root::<[u64; 2]>()?, root); // the same object every time
+    /// let err = pool.root::<u64>().unwrap_err(); // another size
+    /// assert!(matches!(err, TxError::RootMismatch { stored: 16, requested: 8 }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn root<T: Pod>(&self) -> Result<PPtr<T>> {
         let size = size_of::<T>() as u64;
         let at = self.root_entry;
@@ -227,6 +418,38 @@ impl Pool {
     /// `f`'s error; a commit error converted with `E: From<TxError>` (I/O, a failed nested
     /// transaction [`TxError::Aborted`], a double free found at commit, a transaction too
     /// large for a lane's log).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// #[derive(Debug)]
+    /// enum AppError { Tx(TxError), Insufficient }
+    /// impl From<TxError> for AppError {
+    ///     fn from(e: TxError) -> Self { AppError::Tx(e) }
+    /// }
+    ///
+    /// let balance = pool.root::<u64>()?;
+    /// let withdraw = |amount: u64| {
+    ///     pool.transaction(|tx| {
+    ///         let b = tx.get_mut(balance)?;
+    ///         *b = b.checked_sub(amount).ok_or(AppError::Insufficient)?;
+    ///         Ok::<_, AppError>(*b)
+    ///     })
+    /// };
+    /// pool.transaction(|tx| {
+    ///     *tx.get_mut(balance)? = 100;
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// assert_eq!(withdraw(30).unwrap(), 70);
+    /// assert!(matches!(withdraw(500), Err(AppError::Insufficient))); // aborted: nothing written
+    /// assert_eq!(pool.read(|tx| tx.get(balance).copied())?, 70);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn transaction<R, E>(&self, mut f: impl FnMut(&mut Tx<'_>) -> Result<R, E>) -> Result<R, E>
     where
         E: From<TxError>,
@@ -268,6 +491,27 @@ impl Pool {
     ///
     /// # Errors
     /// `f`'s error; [`TxError::NestedTransaction`] inside a transaction on this pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let pair = pool.root::<[u64; 2]>()?;
+    /// pool.transaction(|tx| {
+    ///     *tx.get_mut(pair)? = [1, 2];
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let sum = pool.read(|tx| {
+    ///     let [a, b] = *tx.get(pair)?; // a consistent snapshot under shared locks
+    ///     Ok::<_, TxError>(a + b)
+    /// })?;
+    /// assert_eq!(sum, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn read<R, E>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<R, E>) -> Result<R, E>
     where
         E: From<TxError>,

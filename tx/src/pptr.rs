@@ -14,6 +14,38 @@ use bytemuck::{Pod, Zeroable};
 /// that the object lies in the pool's object regions and is aligned for `T`, and locks it, so
 /// a stale, dangling or forged `PPtr` can yield wrong data or an error, never undefined
 /// behaviour. The all-zero value is [`PPtr::NULL`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_tx::{CreateOptions, PPtr, Pool, TxError};
+/// use bytemuck::{Pod, Zeroable};
+///
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[repr(C)]
+/// struct Node { value: u64, next: PPtr<Node> } // a PPtr is plain data: it can be stored
+///
+/// # let dir = tempfile::tempdir()?;
+/// let pool = Pool::create(dir.path().join("list.pool"), &CreateOptions::new("list", 8 << 20))?;
+/// let root = pool.root::<PPtr<Node>>()?; // the root holds the list's head
+/// pool.transaction(|tx| {
+///     let second = tx.alloc(Node { value: 2, next: PPtr::NULL })?;
+///     let first = tx.alloc(Node { value: 1, next: second })?;
+///     *tx.get_mut(root)? = first;
+///     Ok::<_, TxError>(())
+/// })?;
+/// let sum = pool.read(|tx| {
+///     let (mut sum, mut p) = (0, *tx.get(root)?);
+///     while !p.is_null() {
+///         let node = tx.get(p)?;
+///         sum += node.value;
+///         p = node.next;
+///     }
+///     Ok::<_, TxError>(sum)
+/// })?;
+/// assert_eq!(sum, 3);
+/// # Ok(())
+/// # }
+/// ```
 #[repr(transparent)]
 pub struct PPtr<T> {
     offset: u64,
@@ -28,6 +60,14 @@ impl<T> PPtr<T> {
     pub const NULL: PPtr<T> = PPtr::from_offset(0);
 
     /// A pointer to the object at pool offset `offset` (not checked until it is used).
+    ///
+    /// ```
+    /// use pmstore_tx::PPtr;
+    ///
+    /// let p: PPtr<u64> = PPtr::from_offset(1 << 20);
+    /// assert_eq!(p.offset(), 1 << 20);
+    /// assert_eq!(PPtr::<u64>::from_offset(0), PPtr::NULL);
+    /// ```
     pub const fn from_offset(offset: u64) -> PPtr<T> {
         PPtr {
             offset,
@@ -36,16 +76,44 @@ impl<T> PPtr<T> {
     }
 
     /// The object's offset in the pool.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_tx::{CreateOptions, Pool};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let root = pool.root::<[u64; 4]>()?;
+    /// assert_eq!(root.offset() % 8, 0); // aligned for its type
+    /// assert_eq!(root.index(2).offset(), root.offset() + 16);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub const fn offset(self) -> u64 {
         self.offset
     }
 
     /// Whether this is [`PPtr::NULL`].
+    ///
+    /// ```
+    /// use pmstore_tx::PPtr;
+    ///
+    /// assert!(PPtr::<u64>::NULL.is_null());
+    /// assert!(PPtr::<u64>::default().is_null());
+    /// assert!(!PPtr::<u64>::from_offset(4096).is_null());
+    /// ```
     pub const fn is_null(self) -> bool {
         self.offset == 0
     }
 
     /// The same offset, viewed as another type.
+    ///
+    /// ```
+    /// use pmstore_tx::PPtr;
+    ///
+    /// let words: PPtr<[u64; 2]> = PPtr::from_offset(4096);
+    /// let bytes: PPtr<[u8; 16]> = words.cast();
+    /// assert_eq!(bytes.offset(), words.offset());
+    /// ```
     pub const fn cast<U>(self) -> PPtr<U> {
         PPtr::from_offset(self.offset)
     }
@@ -53,6 +121,20 @@ impl<T> PPtr<T> {
     /// A pointer to a field of the object, `offset` bytes in, with the field's type taken from
     /// `field` (an accessor such as `|t: &T| &t.x`); use [`pfield!`](crate::pfield) instead of
     /// calling this directly.
+    ///
+    /// ```
+    /// use pmstore_tx::{pfield, PPtr};
+    /// use bytemuck::{Pod, Zeroable};
+    ///
+    /// #[derive(Clone, Copy, Pod, Zeroable)]
+    /// #[repr(C)]
+    /// struct Pair { a: u64, b: u32, c: u32 }
+    ///
+    /// let p: PPtr<Pair> = PPtr::from_offset(4096);
+    /// let c: PPtr<u32> = pfield!(p, Pair, c); // what the macro expands to:
+    /// assert_eq!(c, p.project(std::mem::offset_of!(Pair, c), |t: &Pair| &t.c));
+    /// assert_eq!(c.offset(), 4096 + 12);
+    /// ```
     pub fn project<F>(self, offset: usize, field: fn(&T) -> &F) -> PPtr<F> {
         let _ = field;
         PPtr::from_offset(self.offset + offset as u64)
@@ -64,6 +146,25 @@ impl<T, const N: usize> PPtr<[T; N]> {
     ///
     /// # Panics
     /// If `i >= N`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let table = pool.root::<[u64; 8]>()?;
+    /// pool.transaction(|tx| {
+    ///     *tx.get_mut(table.index(3))? = 33; // logs only that element
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let all = pool.read(|tx| Ok::<_, TxError>(*tx.get(table)?))?;
+    /// assert_eq!(all, [0, 0, 0, 33, 0, 0, 0, 0]);
+    /// assert!(std::panic::catch_unwind(|| table.index(8)).is_err()); // out of bounds
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn index(self, i: usize) -> PPtr<T> {
         assert!(i < N, "index {i} out of bounds for an array of {N}");
         PPtr::from_offset(self.offset + (i * std::mem::size_of::<T>()) as u64)
@@ -72,7 +173,7 @@ impl<T, const N: usize> PPtr<[T; N]> {
 
 /// A pointer to a field of a persistent object:
 /// `pfield!(ptr, Type, field)` is a `PPtr<FieldType>` (e.g. to modify only that field with
-/// [`Tx::get_mut`](crate::Tx::get_mut), which then logs only the field).
+/// [`Tx::get_mut`](crate::Tx::get_mut), which then locks and copies only the field's bytes).
 ///
 /// ```
 /// use pmstore_tx::{pfield, PPtr};
@@ -142,6 +243,27 @@ unsafe impl<T: 'static> Pod for PPtr<T> {}
 /// elements). `Copy` and plain data like [`PPtr`]; dereferenced through a transaction
 /// ([`Tx::get_slice`](crate::Tx::get_slice), [`Tx::get_slice_mut`](crate::Tx::get_slice_mut)),
 /// which checks it. The empty slice is all zero ([`PSlice::EMPTY`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_tx::{CreateOptions, PSlice, Pool, TxError};
+///
+/// # let dir = tempfile::tempdir()?;
+/// let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+/// let root = pool.root::<PSlice<u32>>()?;
+/// pool.transaction(|tx| {
+///     let s = tx.alloc_slice(&[1u32, 2, 3])?;
+///     *tx.get_mut(root)? = s;
+///     Ok::<_, TxError>(())
+/// })?;
+/// let sum: u32 = pool.read(|tx| {
+///     let s = *tx.get(root)?;
+///     Ok::<_, TxError>(tx.get_slice(s)?.iter().sum())
+/// })?;
+/// assert_eq!(sum, 6);
+/// # Ok(())
+/// # }
+/// ```
 #[repr(C)]
 pub struct PSlice<T> {
     offset: u64,
@@ -156,6 +278,14 @@ impl<T> PSlice<T> {
     pub const EMPTY: PSlice<T> = PSlice::from_raw_parts(0, 0);
 
     /// The slice of `len` elements at pool offset `offset` (not checked until it is used).
+    ///
+    /// ```
+    /// use pmstore_tx::PSlice;
+    ///
+    /// let s: PSlice<u64> = PSlice::from_raw_parts(4096, 10);
+    /// assert_eq!((s.offset(), s.len()), (4096, 10));
+    /// assert_eq!(PSlice::<u64>::from_raw_parts(0, 0), PSlice::EMPTY);
+    /// ```
     pub const fn from_raw_parts(offset: u64, len: u64) -> PSlice<T> {
         PSlice {
             offset,
@@ -165,21 +295,59 @@ impl<T> PSlice<T> {
     }
 
     /// Pool offset of the first element.
+    ///
+    /// ```
+    /// use pmstore_tx::PSlice;
+    ///
+    /// let s: PSlice<u16> = PSlice::from_raw_parts(8192, 4);
+    /// assert_eq!(s.offset(), 8192);
+    /// assert_eq!(s.offset(), s.as_ptr().offset());
+    /// ```
     pub const fn offset(self) -> u64 {
         self.offset
     }
 
     /// Number of elements.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice_zeroed::<u64>(100))?;
+    /// assert_eq!(s.len(), 100); // elements, not bytes
+    /// # Ok(())
+    /// # }
+    /// ```
     pub const fn len(self) -> u64 {
         self.len
     }
 
     /// Whether it has no elements.
+    ///
+    /// ```
+    /// use pmstore_tx::PSlice;
+    ///
+    /// assert!(PSlice::<u8>::EMPTY.is_empty());
+    /// assert!(!PSlice::<u8>::from_raw_parts(4096, 1).is_empty());
+    /// ```
     pub const fn is_empty(self) -> bool {
         self.len == 0
     }
 
     /// A pointer to its first element (the block to free).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice(&[7u64, 8]))?;
+    /// let first = pool.read(|tx| Ok::<_, TxError>(*tx.get(s.as_ptr())?))?;
+    /// assert_eq!(first, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub const fn as_ptr(self) -> PPtr<T> {
         PPtr::from_offset(self.offset)
     }
@@ -188,6 +356,25 @@ impl<T> PSlice<T> {
     ///
     /// # Panics
     /// If `i >= len`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice(&[10u32, 20, 30]))?;
+    /// pool.transaction(|tx| {
+    ///     *tx.get_mut(s.at(1))? += 1;
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let v = pool.read(|tx| Ok::<_, TxError>(tx.get_slice(s)?.to_vec()))?;
+    /// assert_eq!(v, [10, 21, 30]);
+    /// assert_eq!(s.at(2).offset(), s.offset() + 8);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn at(self, i: u64) -> PPtr<T> {
         assert!(
             i < self.len,

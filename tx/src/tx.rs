@@ -68,9 +68,29 @@ fn line_bounds(off: u64, len: u64) -> (u64, u64) {
 }
 
 /// What one commit logged (see [`Pool::last_commit`](crate::Pool::last_commit)).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_tx::{CommitInfo, CreateOptions, PPtr, Pool, TxError};
+/// # let dir = tempfile::tempdir()?;
+/// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+/// let root = pool.root::<PPtr<u64>>()?;
+/// pool.transaction(|tx| {
+///     let p = tx.alloc(5u64)?;
+///     *tx.get_mut(root)? = p;
+///     Ok::<_, TxError>(())
+/// })?;
+/// let info: CommitInfo = pool.last_commit();
+/// assert_eq!((info.allocs, info.frees), (1, 0));
+/// assert!(info.logged);
+/// pool.transaction(|_tx| Ok::<_, TxError>(()))?; // changes nothing: logs nothing
+/// assert!(!pool.last_commit().logged);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitInfo {
-    /// Range entries logged (runs of modified 8-byte words).
+    /// Range entries logged (runs of modified 8-byte words, widened to whole cache lines).
     pub ranges: usize,
     /// Bytes those ranges carry.
     pub range_bytes: u64,
@@ -95,6 +115,35 @@ pub struct CommitInfo {
 ///   across crashes, with two drains.
 /// * Locks are held until the transaction ends (strict two-phase locking): transactions are
 ///   serializable.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_tx::{CreateOptions, PPtr, Pool, Tx, TxError};
+/// # let dir = tempfile::tempdir()?;
+/// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+/// // Helpers take `&mut Tx` (writes) or `&Tx` (reads) and compose into one transaction.
+/// fn push(tx: &mut Tx<'_>, stack: PPtr<[u64; 9]>, v: u64) -> Result<(), TxError> {
+///     let s = tx.get_mut(stack)?;
+///     let n = s[0] as usize;
+///     s[n + 1] = v;
+///     s[0] += 1;
+///     Ok(())
+/// }
+/// fn len(tx: &Tx<'_>, stack: PPtr<[u64; 9]>) -> Result<u64, TxError> {
+///     Ok(tx.get(stack)?[0])
+/// }
+///
+/// let stack = pool.root::<[u64; 9]>()?;
+/// pool.transaction(|tx| {
+///     push(tx, stack, 10)?;
+///     push(tx, stack, 20)?;
+///     assert_eq!(len(tx, stack)?, 2); // reads see the transaction's own writes
+///     Ok::<_, TxError>(())
+/// })?;
+/// assert_eq!(pool.read(|tx| len(tx, stack))?, 2);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Tx<'p> {
     pool: &'p Pool,
     locks: RefCell<LockSet>,
@@ -279,6 +328,27 @@ impl<'p> Tx<'p> {
     /// heap's object region), [`TxError::UseAfterFree`],
     /// [`TxError::Conflict`] (the transaction is then retried by
     /// [`Pool::transaction`]: just return the error, e.g. with `?`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, PPtr, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let root = pool.root::<[u64; 2]>()?;
+    /// pool.transaction(|tx| {
+    ///     assert_eq!(*tx.get(root)?, [0, 0]);
+    ///     tx.get_mut(root)?[1] = 9;
+    ///     assert_eq!(*tx.get(root)?, [0, 9]); // its own pending version
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let odd = PPtr::<u64>::from_offset(root.offset() + 4);
+    /// let r = pool.read(|tx| tx.get(odd).copied());
+    /// assert!(matches!(r, Err(TxError::Misaligned { align: 8, .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
         let (off, len) = self.check(p)?;
         Ok(bytemuck::from_bytes(self.read_bytes_at(off, len)?))
@@ -288,6 +358,22 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// As [`Tx::get`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, PSlice, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice(b"hello"))?;
+    /// let text = pool.read(|tx| Ok::<_, TxError>(tx.get_slice(s)?.to_vec()))?;
+    /// assert_eq!(text, b"hello");
+    /// let empty = pool.read(|tx| Ok::<_, TxError>(tx.get_slice(PSlice::<u8>::EMPTY)?.len()))?;
+    /// assert_eq!(empty, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
         let len = self.check_slice(s)?;
         if len == 0 {
@@ -300,6 +386,23 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// As [`Tx::get_mut`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice(&[3u32, 1, 2]))?;
+    /// pool.transaction(|tx| {
+    ///     tx.get_slice_mut(s)?.sort();
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// assert_eq!(pool.read(|tx| Ok::<_, TxError>(tx.get_slice(s)?.to_vec()))?, [1, 2, 3]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_slice_mut<T: Pod>(&mut self, s: PSlice<T>) -> Result<&mut [T]> {
         self.check_writable()?;
         let len = self.check_slice(s)?;
@@ -365,12 +468,38 @@ impl<'p> Tx<'p> {
     /// A mutable reference to a private copy of the object `p` points to, taken under an
     /// exclusive lock (held until the transaction ends): the transaction's pending version of
     /// it, which [`Tx::get`] also returns from now on. Commit makes it durable, atomically with
-    /// everything else the transaction does; an abort discards it. Only the bytes that differ
-    /// from the pool at commit are logged and written, so a whole-object `get_mut` that changes
-    /// one field costs one field.
+    /// everything else the transaction does; an abort discards it. Only the 8-byte words that
+    /// differ from the pool at commit are logged and written, each widened to its whole cache
+    /// line, so a whole-object `get_mut` that changes one field costs that field's line(s).
     ///
     /// # Errors
     /// As [`Tx::get`], and [`TxError::ReadOnly`] in [`Pool::read`] or on a read-only pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{pfield, CreateOptions, Pool, TxError};
+    /// use bytemuck::{Pod, Zeroable};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// #[derive(Clone, Copy, Pod, Zeroable)]
+    /// #[repr(C)]
+    /// struct Account { id: u64, balance: u64 }
+    ///
+    /// let acct = pool.root::<Account>()?;
+    /// pool.transaction(|tx| {
+    ///     *tx.get_mut(pfield!(acct, Account, balance))? += 50; // locks and copies the field only
+    ///     let a = tx.get_mut(acct)?; // the whole object: sees the pending balance
+    ///     a.id = 7;
+    ///     assert_eq!(a.balance, 50);
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let a = pool.read(|tx| tx.get(acct).copied())?;
+    /// assert_eq!((a.id, a.balance), (7, 50));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_mut<T: Pod>(&mut self, p: PPtr<T>) -> Result<&mut T> {
         self.check_writable()?;
         let (off, len) = self.check(p)?;
@@ -454,6 +583,34 @@ impl<'p> Tx<'p> {
     /// [`TxError::Alloc`] with [`AllocError::OutOfSpace`] or [`AllocError::TooLarge`];
     /// [`TxError::Misaligned`] for a type aligned to more than 64 bytes; [`TxError::Conflict`];
     /// [`TxError::ReadOnly`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, PPtr, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let root = pool.root::<PPtr<[u64; 8]>>()?;
+    /// pool.transaction(|tx| {
+    ///     let block = tx.alloc([7u64; 8])?;
+    ///     assert_eq!(block.offset() % 64, 0); // 64 bytes or more: cache-line aligned
+    ///     *tx.get_mut(root)? = block; // keep it reachable
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// let block = pool.read(|tx| tx.get(root).copied())?;
+    /// assert_eq!(pool.read(|tx| tx.get(block).copied())?, [7; 8]);
+    /// // An aborted transaction's allocation is released.
+    /// let before = pool.heap().stats(pool.raw())?.bytes_allocated;
+    /// let r = pool.transaction(|tx| {
+    ///     tx.alloc([0u64; 8])?;
+    ///     Err::<(), _>(TxError::Null) // any error aborts
+    /// });
+    /// assert!(r.is_err());
+    /// assert_eq!(pool.heap().stats(pool.raw())?.bytes_allocated, before);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
         let off = self.alloc_bytes(size_of::<T>() as u64, align_of::<T>(), |b| {
             b.copy_from_slice(bytemuck::bytes_of(&value))
@@ -465,6 +622,19 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// As [`Tx::alloc`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let p = pool.transaction(|tx| tx.alloc_zeroed::<[u32; 16]>())?;
+    /// assert_eq!(pool.read(|tx| tx.get(p).copied())?, [0; 16]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc_zeroed<T: Pod>(&mut self) -> Result<PPtr<T>> {
         self.alloc(T::zeroed())
     }
@@ -474,6 +644,21 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// As [`Tx::alloc`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, PSlice, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let (s, empty) = pool.transaction(|tx| Ok::<_, TxError>((tx.alloc_slice(&[1u16, 2, 3])?, tx.alloc_slice::<u16>(&[])?)))?;
+    /// assert_eq!(s.len(), 3);
+    /// assert_eq!(empty, PSlice::EMPTY); // nothing allocated
+    /// assert_eq!(pool.read(|tx| Ok::<_, TxError>(tx.get_slice(s)?.to_vec()))?, [1, 2, 3]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc_slice<T: Pod>(&mut self, data: &[T]) -> Result<PSlice<T>> {
         if data.is_empty() {
             return Ok(PSlice::EMPTY);
@@ -490,6 +675,22 @@ impl<'p> Tx<'p> {
     /// # Errors
     /// As [`Tx::alloc`]; [`TxError::Alloc`] with [`AllocError::TooLarge`] if the byte size
     /// overflows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// use pmstore_tx::alloc::AllocError;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice_zeroed::<u64>(1000))?;
+    /// assert!(pool.read(|tx| Ok::<_, TxError>(tx.get_slice(s)?.iter().all(|&x| x == 0)))?);
+    /// let huge = pool.transaction(|tx| tx.alloc_slice_zeroed::<u64>(u64::MAX));
+    /// assert!(matches!(huge, Err(TxError::Alloc(AllocError::TooLarge { .. }))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc_slice_zeroed<T: Pod>(&mut self, len: u64) -> Result<PSlice<T>> {
         if len == 0 {
             return Ok(PSlice::EMPTY);
@@ -522,6 +723,23 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// As [`Tx::free`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, PSlice, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let s = pool.transaction(|tx| tx.alloc_slice(&[1u64; 32]))?;
+    /// pool.transaction(|tx| {
+    ///     tx.free_slice(s)?;
+    ///     tx.free_slice(PSlice::<u64>::EMPTY) // does nothing
+    /// })?;
+    /// assert_eq!(pool.heap().stats(pool.raw())?.bytes_allocated, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn free_slice<T>(&mut self, s: PSlice<T>) -> Result<()> {
         if s.is_empty() && s.offset() == 0 {
             return Ok(());
@@ -539,6 +757,25 @@ impl<'p> Tx<'p> {
     /// start of a live block (a double free across transactions is reported at commit as
     /// [`AllocError::DoubleFree`]); [`TxError::DoubleFree`] within this transaction;
     /// [`TxError::Conflict`]; [`TxError::ReadOnly`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let p = pool.transaction(|tx| tx.alloc(1u64))?;
+    /// pool.transaction(|tx| {
+    ///     tx.free(p)?;
+    ///     assert!(matches!(tx.get(p), Err(TxError::UseAfterFree { .. })));
+    ///     assert!(matches!(tx.free(p), Err(TxError::DoubleFree { .. })));
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// assert_eq!(pool.last_commit().frees, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn free<T>(&mut self, p: PPtr<T>) -> Result<()> {
         self.check_writable()?;
         if p.is_null() {
@@ -575,6 +812,29 @@ impl<'p> Tx<'p> {
     ///
     /// # Errors
     /// Whatever `f` returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_tx::{CreateOptions, Pool, TxError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let pool = Pool::create(dir.path().join("doc.pool"), &CreateOptions::new("doc", 8 << 20))?;
+    /// let root = pool.root::<[u64; 2]>()?;
+    /// let r = pool.transaction(|tx| {
+    ///     tx.get_mut(root)?[0] = 1;
+    ///     let inner = tx.nested(|tx| {
+    ///         tx.get_mut(root)?[1] = 2;
+    ///         Err::<(), _>(TxError::Null) // the nested transaction fails...
+    ///     });
+    ///     assert!(inner.is_err());
+    ///     Ok::<_, TxError>(()) // ...so the whole one aborts, even on `Ok`
+    /// });
+    /// assert!(matches!(r, Err(TxError::Aborted)));
+    /// assert_eq!(pool.read(|tx| tx.get(root).copied())?, [0, 0]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn nested<R, E>(&mut self, f: impl FnOnce(&mut Tx<'p>) -> Result<R, E>) -> Result<R, E> {
         let r = f(self);
         if r.is_err() {

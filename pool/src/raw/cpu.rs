@@ -15,6 +15,18 @@ use std::arch::x86_64::{__m128i, _mm_clflush, _mm_loadu_si128, _mm_sfence, _mm_s
 pub const CACHE_LINE: usize = 64;
 
 /// The instruction used to write a cache line back to the persistence domain.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pmstore_pool::{CreateOptions, FlushInstr, ModeRequest, Pool, MIN_POOL_SIZE};
+/// # let dir = tempfile::tempdir()?;
+/// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).mode(ModeRequest::Flush);
+/// let pool = Pool::create(dir.path().join("p.pool"), &opts)?;
+/// let instr: FlushInstr = pool.flush_instr().expect("a flush mode");
+/// println!("flushing with {}", instr.name());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FlushInstr {
     /// `clwb`: writes the line back and may keep it cached (best).
@@ -29,6 +41,14 @@ impl FlushInstr {
     /// Picks the best instruction the CPU has: `clwb`, else `clflushopt`, else `clflush`.
     /// `PMSTORE_NO_CLWB=1` and `PMSTORE_NO_CLFLUSHOPT=1` skip the first ones (as PMDK's
     /// `PMEM_NO_CLWB` / `PMEM_NO_CLFLUSHOPT`), for testing the slower paths.
+    ///
+    /// ```
+    /// use pmstore_pool::FlushInstr;
+    ///
+    /// let instr = FlushInstr::detect();
+    /// assert_eq!(instr, FlushInstr::detect()); // the same answer every time
+    /// assert!(matches!(instr, FlushInstr::Clwb | FlushInstr::Clflushopt | FlushInstr::Clflush));
+    /// ```
     pub fn detect() -> FlushInstr {
         let no = |var: &str| std::env::var_os(var).is_some_and(|v| v == "1");
         // CPUID leaf 7, sub-leaf 0, EBX: bit 23 = CLFLUSHOPT, bit 24 = CLWB.
@@ -52,6 +72,14 @@ impl FlushInstr {
     }
 
     /// The instruction's mnemonic.
+    ///
+    /// ```
+    /// use pmstore_pool::FlushInstr;
+    ///
+    /// assert_eq!(FlushInstr::Clwb.name(), "clwb");
+    /// assert_eq!(FlushInstr::Clflushopt.name(), "clflushopt");
+    /// assert_eq!(FlushInstr::Clflush.name(), "clflush");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             FlushInstr::Clwb => "clwb",
