@@ -165,7 +165,11 @@ fn plan(cli: &Cli, quick: bool) -> Result<Vec<Case>, String> {
     } else {
         let mut v = Vec::new();
         for w in &cli.workloads {
-            let w = if w == "kv_put" || w == "kv_get" { "kv" } else { w };
+            let w = if w == "kv_put" || w == "kv_get" {
+                "kv"
+            } else {
+                w
+            };
             match ALL_WORKLOADS.iter().find(|&&a| a == w) {
                 Some(a) if !v.contains(a) => v.push(*a),
                 Some(_) => {}
@@ -182,7 +186,11 @@ fn plan(cli: &Cli, quick: bool) -> Result<Vec<Case>, String> {
             _ => return Err(format!("unknown mode {m} (flush, msync)")),
         };
         for &w in ALL_WORKLOADS.iter().filter(|w| wanted.contains(w)) {
-            let Some(n) = (if quick { quick_n(mode, w) } else { default_n(mode, w) }) else {
+            let Some(n) = (if quick {
+                quick_n(mode, w)
+            } else {
+                default_n(mode, w)
+            }) else {
                 continue;
             };
             let n = ((n as f64 * cli.scale).round() as u64).max(2);
@@ -193,10 +201,7 @@ fn plan(cli: &Cli, quick: bool) -> Result<Vec<Case>, String> {
             };
             for t in threads {
                 if t == 0 || t > pmstore_side::MAX_THREADS {
-                    return Err(format!(
-                        "threads must be 1..={}",
-                        pmstore_side::MAX_THREADS
-                    ));
+                    return Err(format!("threads must be 1..={}", pmstore_side::MAX_THREADS));
                 }
                 let warm = match w {
                     "kv" | "open" => 0,

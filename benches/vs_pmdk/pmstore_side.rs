@@ -55,7 +55,11 @@ struct Root {
 /// Runs `job` and returns its result lines.
 pub fn run(job: &Job<'_>) -> Res<Vec<Value>> {
     if job.path.exists() {
-        return Err(format!("{} exists; the worker needs a fresh file", job.path.display()).into());
+        return Err(format!(
+            "{} exists; the worker needs a fresh file",
+            job.path.display()
+        )
+        .into());
     }
     let r = match job.workload {
         "kv" => run_kv(job),
@@ -97,7 +101,11 @@ fn run_tx(job: &Job<'_>) -> Res<Vec<Value>> {
     let w = job.workload;
     if !matches!(
         w,
-        "tx_update_8B" | "tx_update_256B" | "tx_update_4x64B" | "tx_alloc_free" | "atomic_alloc_free"
+        "tx_update_8B"
+            | "tx_update_256B"
+            | "tx_update_4x64B"
+            | "tx_alloc_free"
+            | "atomic_alloc_free"
     ) {
         return Err(format!("unknown workload {w}").into());
     }

@@ -133,9 +133,10 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-        (a.min(x), b.max(x))
-    })
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
 }
 
 /// Summary of one row.
@@ -300,7 +301,15 @@ const MODE_TITLES: [(&str, &str); 2] = [
 fn markdown(meta: &Meta, sums: &[Summary], checks: &[String]) -> String {
     let m = &meta.machine;
     let mut s = String::new();
-    let _ = writeln!(s, "# pmstore vs PMDK{}\n", if meta.quick { " (quick run: tiny N, not for conclusions)" } else { "" });
+    let _ = writeln!(
+        s,
+        "# pmstore vs PMDK{}\n",
+        if meta.quick {
+            " (quick run: tiny N, not for conclusions)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(s, "- date: {}", m.date);
     let _ = writeln!(s, "- machine: {}, {} cores, {}", m.cpu, m.cores, m.kernel);
     let _ = writeln!(
@@ -328,7 +337,10 @@ fn markdown(meta: &Meta, sums: &[Summary], checks: &[String]) -> String {
         }
     );
     if !meta.pmdk {
-        let _ = writeln!(s, "- **PMDK did not run** (not installed, or --pmstore-only)");
+        let _ = writeln!(
+            s,
+            "- **PMDK did not run** (not installed, or --pmstore-only)"
+        );
     }
     let _ = writeln!(s, "- {}", meta.strace_note);
     let _ = writeln!(
@@ -402,8 +414,9 @@ fn markdown(meta: &Meta, sums: &[Summary], checks: &[String]) -> String {
     if checks.is_empty() {
         let _ = writeln!(
             s,
-            "\nChecks passed: in flush mode pmstore ran with cache flushes (lines flushed > 0, no \
-             msync) and PMDK's pool was pmem_is_pmem; in msync mode both issued msyncs."
+            "\nChecks passed: every flush-mode run of pmstore used cache flushes (lines flushed > 0 \
+             where it persists, no msync) and PMDK's pool was pmem_is_pmem (and strace saw no \
+             msync on either side); every msync-mode run of both sides issued msyncs."
         );
     } else {
         let _ = writeln!(s, "\n**Checks failed:**\n");
@@ -455,24 +468,48 @@ fn chart(path: &Path, sums: &[Summary]) -> Result<(), Box<dyn std::error::Error>
             }
         }
     }
+    // Segment of the i-th row (the first row at the top), and the top end of segment y.
+    let seg = |k: i32, i: usize| k - 1 - i as i32;
+    let top = |k: i32, y: i32| {
+        if y + 1 < k {
+            SegmentValue::Exact(y + 1)
+        } else {
+            SegmentValue::Last
+        }
+    };
+    let ticks: Vec<f64> = [
+        0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+    ]
+    .into_iter()
+    .filter(|t| (lo..=hi).contains(t))
+    .collect();
     let mut rest = root.clone();
     for ((title, rows), h) in panels.iter().zip(&heights) {
         let (area, below) = rest.split_vertically(*h);
         rest = below;
         let k = rows.len() as i32;
-        let labels: Vec<String> = rows.iter().map(|s| s.label()).collect();
+        let labels: Vec<String> = rows
+            .iter()
+            .map(|s| format!("{}  {:.2}", s.label(), s.ratio.unwrap_or(f64::NAN)))
+            .collect();
         let mut chart = ChartBuilder::on(&area)
             .caption(*title, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(40)
-            .y_label_area_size(210)
-            .build_cartesian_2d((lo..hi).log_scale(), (0..k).into_segmented())?;
+            .y_label_area_size(250)
+            .build_cartesian_2d(
+                (lo..hi).log_scale().with_key_points(ticks.clone()),
+                (0..k - 1).into_segmented(),
+            )?;
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(k as usize + 1)
+            .y_labels(k as usize)
             .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+                SegmentValue::CenterOf(i) => labels
+                    .get((k - 1 - *i) as usize)
+                    .cloned()
+                    .unwrap_or_default(),
                 _ => String::new(),
             })
             .x_label_formatter(&|x| format!("{x:.2}"))
@@ -486,12 +523,9 @@ fn chart(path: &Path, sums: &[Summary]) -> Result<(), Box<dyn std::error::Error>
             } else {
                 RGBColor(205, 92, 92)
             };
-            let i = i as i32;
+            let y = seg(k, i);
             let mut rect = Rectangle::new(
-                [
-                    (a, SegmentValue::Exact(i)),
-                    (b, SegmentValue::Exact(i + 1)),
-                ],
+                [(a, SegmentValue::Exact(y)), (b, top(k, y))],
                 color.filled(),
             );
             rect.set_margin(5, 5, 0, 0);
@@ -502,22 +536,15 @@ fn chart(path: &Path, sums: &[Summary]) -> Result<(), Box<dyn std::error::Error>
             (s.round_ratios.len() > 1).then(|| {
                 PathElement::new(
                     vec![
-                        (a, SegmentValue::CenterOf(i as i32)),
-                        (b, SegmentValue::CenterOf(i as i32)),
+                        (a, SegmentValue::CenterOf(seg(k, i))),
+                        (b, SegmentValue::CenterOf(seg(k, i))),
                     ],
                     BLACK.stroke_width(2),
                 )
             })
         }))?;
-        chart.draw_series(rows.iter().enumerate().map(|(i, s)| {
-            Text::new(
-                format!("{:.2}", s.ratio.unwrap_or(f64::NAN)),
-                (hi / 1.25, SegmentValue::CenterOf(i as i32)),
-                ("sans-serif", 13),
-            )
-        }))?;
         chart.draw_series(std::iter::once(PathElement::new(
-            vec![(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Exact(k))],
+            vec![(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
             BLACK.stroke_width(1),
         )))?;
     }
