@@ -3,7 +3,7 @@
 //! full run).
 //!
 //! ```sh
-//! cargo bench --bench vs_pmdk                      # full run: 5 rounds, flush + msync modes
+//! cargo bench --bench vs_pmdk                      # full run: 7 rounds, flush + msync modes
 //! cargo bench --bench vs_pmdk -- --quick           # tiny N, 1 round (well under a minute)
 //! cargo bench --bench vs_pmdk -- --test            # the same (what CI's smoke run passes)
 //! cargo bench --bench vs_pmdk -- --rounds 9 --modes flush --workloads tx_update_8B,kv
@@ -45,7 +45,7 @@ use serde_json::Value;
     about = "pmstore vs PMDK (libpmemobj): alternating runs of the same workloads, ratio per workload"
 )]
 struct Cli {
-    /// Rounds: each round runs every workload once on each side (default 5; 1 with --quick).
+    /// Rounds: each round runs every workload once on each side (default 7; 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
     /// Tiny N and one round: a smoke run that still exercises both sides.
@@ -140,10 +140,10 @@ fn default_n(mode: &str, w: &str) -> Option<u64> {
         ("flush", "kv") => 1_000_000,
         ("flush", "open") => 1_000_000,
         ("flush", "persist_64B" | "copy_nt_256B") => 1_000_000,
-        ("msync", "tx_update_8B" | "tx_update_256B" | "tx_update_4x64B") => 200,
-        ("msync", "tx_alloc_free" | "atomic_alloc_free") => 100,
-        ("msync", "kv") => 300,
-        ("msync", "msync_1_page") => 1000,
+        ("msync", "tx_update_8B" | "tx_update_256B" | "tx_update_4x64B") => 400,
+        ("msync", "tx_alloc_free" | "atomic_alloc_free") => 200,
+        ("msync", "kv") => 500,
+        ("msync", "msync_1_page") => 2000,
         _ => return None,
     })
 }
@@ -503,7 +503,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<bool, String> {
     let started = Instant::now();
     let quick = cli.quick || cli.test;
-    let rounds = cli.rounds.unwrap_or(if quick { 1 } else { 5 }).max(1);
+    let rounds = cli.rounds.unwrap_or(if quick { 1 } else { 7 }).max(1);
     let cases = plan(cli, quick)?;
     let out_dir = cli.out.clone().unwrap_or_else(|| {
         let d = target_dir().join("vs_pmdk");

@@ -279,6 +279,7 @@ impl Summary {
             "pmdk": side("pmdk"),
             "ratio_of_medians": self.ratio,
             "round_ratios": self.round_ratios,
+            "round_ratio_median": (!self.round_ratios.is_empty()).then(|| median(&self.round_ratios)),
             "round_ratio_min": (!self.round_ratios.is_empty()).then_some(rlo),
             "round_ratio_max": (!self.round_ratios.is_empty()).then_some(rhi),
             "pmstore_counters_per_op": self.counters,
@@ -348,7 +349,8 @@ fn markdown(meta: &Meta, sums: &[Summary], checks: &[String]) -> String {
         "\nTimes are ns per operation (a pair for the alloc/free workloads; the single open + \
          first allocation for `open`); multi-thread rows: wall time / all threads' operations. \
          **ratio** = pmstore median / PMDK median (< 1: pmstore faster); **round ratios**: \
-         the range of pmstore/PMDK within each round."
+         pmstore/PMDK within each round: median (min–max); the \
+         paired estimate, less sensitive to a slow spell that hits both sides of a round."
     );
     for (mode, title) in MODE_TITLES {
         let rows: Vec<&Summary> = sums.iter().filter(|x| x.key.0 == mode).collect();
@@ -376,7 +378,7 @@ fn markdown(meta: &Meta, sums: &[Summary], checks: &[String]) -> String {
                 "-".into()
             } else {
                 let (lo, hi) = min_max(&r.round_ratios);
-                format!("{lo:.2}–{hi:.2}")
+                format!("{:.2} ({lo:.2}–{hi:.2})", median(&r.round_ratios))
             };
             let _ = writeln!(
                 s,
