@@ -54,9 +54,13 @@ struct Cli {
     /// Same as --quick (what `cargo bench -- --test` passes).
     #[arg(long)]
     test: bool,
-    /// Passed by `cargo bench`; ignored.
+    /// Passed by `cargo bench`. Without it (run by `cargo test --benches`, or directly) the
+    /// harness does a quick run unless --full is given, as criterion benches run in test mode.
     #[arg(long, hide = true)]
     bench: bool,
+    /// A full run even without `cargo bench`'s --bench (running the binary directly).
+    #[arg(long, conflicts_with_all = ["quick", "test"])]
+    full: bool,
     /// Comma-separated workloads (default: all): tx_update_8B, tx_update_256B,
     /// tx_update_4x64B, tx_alloc_free, atomic_alloc_free, kv (kv_put + kv_get), open,
     /// persist_64B, copy_nt_256B, msync_1_page.
@@ -502,7 +506,10 @@ fn main() -> ExitCode {
 /// The whole comparison; `Ok(false)` if a check failed (a side did not use the mode asked).
 fn run(cli: &Cli) -> Result<bool, String> {
     let started = Instant::now();
-    let quick = cli.quick || cli.test;
+    let quick = cli.quick || cli.test || !(cli.bench || cli.full);
+    if quick && !(cli.quick || cli.test) {
+        println!("not run by `cargo bench` (no --bench): quick run (--full for a full one)");
+    }
     let rounds = cli.rounds.unwrap_or(if quick { 1 } else { 7 }).max(1);
     let cases = plan(cli, quick)?;
     let out_dir = cli.out.clone().unwrap_or_else(|| {

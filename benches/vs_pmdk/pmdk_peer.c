@@ -63,7 +63,10 @@
 #define LAYOUT "vs-pmdk"
 
 struct root {
-	PMEMoid slot[MAXT];    /* alloc workloads: the object being allocated and freed */
+	/* alloc workloads: thread t's object being allocated and freed is slot[t][0]; the rows
+	 * are 256 bytes apart (as pmstore's, whose lock stripes are 256 bytes), so two threads'
+	 * slots never share a cache line */
+	PMEMoid slot[MAXT][16];
 	PMEMoid keep;          /* alloc workloads: one block that stays allocated */
 	PMEMoid ctr[MAXT];     /* tx_update_8B: 64-byte objects, counter in the first word */
 	PMEMoid big[MAXT];     /* tx_update_256B */
@@ -179,20 +182,20 @@ static void op_4x64B(int t)
 
 static void op_tx_alloc_free(int t)
 {
-	uint64_t off = offsetof(struct root, slot) + (uint64_t)t * sizeof(PMEMoid);
+	uint64_t off = offsetof(struct root, slot) + (uint64_t)t * sizeof(r->slot[0]);
 	TX_BEGIN(pop) {
 		if (pmemobj_tx_add_range(root_oid, off, sizeof(PMEMoid)) != 0)
 			pmemobj_tx_abort(-1);
-		r->slot[t] = pmemobj_tx_alloc(64, 0);
+		r->slot[t][0] = pmemobj_tx_alloc(64, 0);
 	} TX_ONABORT {
 		die("tx_alloc_free: alloc transaction");
 	} TX_END
 	TX_BEGIN(pop) {
 		if (pmemobj_tx_add_range(root_oid, off, sizeof(PMEMoid)) != 0)
 			pmemobj_tx_abort(-1);
-		if (pmemobj_tx_free(r->slot[t]) != 0)
+		if (pmemobj_tx_free(r->slot[t][0]) != 0)
 			pmemobj_tx_abort(-1);
-		r->slot[t] = OID_NULL;
+		r->slot[t][0] = OID_NULL;
 	} TX_ONABORT {
 		die("tx_alloc_free: free transaction");
 	} TX_END
@@ -200,9 +203,9 @@ static void op_tx_alloc_free(int t)
 
 static void op_atomic_alloc_free(int t)
 {
-	if (pmemobj_alloc(pop, &r->slot[t], 64, 0, NULL, NULL) != 0)
+	if (pmemobj_alloc(pop, &r->slot[t][0], 64, 0, NULL, NULL) != 0)
 		die("pmemobj_alloc");
-	pmemobj_free(&r->slot[t]);
+	pmemobj_free(&r->slot[t][0]);
 }
 
 static void setup_objects(int threads)
@@ -232,7 +235,7 @@ static int check_objects(const char *w, int threads, long per_thread)
 			return 0;
 		if (strcmp(w, "tx_update_4x64B") == 0 && f[7] != (uint64_t)per_thread)
 			return 0;
-		if (!OID_IS_NULL(r->slot[t]))
+		if (!OID_IS_NULL(r->slot[t][0]))
 			return 0;
 	}
 	return 1;
@@ -514,7 +517,7 @@ static int run_open(const char *path, long objects, size_t pool_mib)
 {
 	create_obj_pool(path, pool_mib << 20);
 	for (long i = 0; i < objects; i++)
-		if (pmemobj_alloc(pop, &r->slot[0], 64, 0, NULL, NULL) != 0)
+		if (pmemobj_alloc(pop, &r->slot[0][0], 64, 0, NULL, NULL) != 0)
 			die("pmemobj_alloc (fill)");
 	pmemobj_close(pop);
 	uint64_t t0 = now_ns();
@@ -523,7 +526,7 @@ static int run_open(const char *path, long objects, size_t pool_mib)
 		die("pmemobj_open");
 	root_oid = pmemobj_root(pop, sizeof(struct root));
 	r = pmemobj_direct(root_oid);
-	if (pmemobj_alloc(pop, &r->slot[1], 64, 0, NULL, NULL) != 0)
+	if (pmemobj_alloc(pop, &r->slot[1][0], 64, 0, NULL, NULL) != 0)
 		die("pmemobj_alloc (first after open)");
 	uint64_t t1 = now_ns();
 	is_pmem = pmem_is_pmem(r, sizeof(*r));

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Barrier;
 use std::time::Instant;
 
+use bytemuck::Zeroable;
 use pmstore::{
     pfield, CreateOptions, ModeRequest, OpenOptions, PPtr, PersistCounters, PersistMode, Pool,
     TxError,
@@ -41,11 +42,17 @@ pub struct Job<'a> {
     pub pool_mib: u64,
 }
 
-/// The root object of the tx/alloc workloads: each thread has its own objects.
+/// Bytes between two threads' root slots: pmstore's lock stripes are 256 bytes of pool
+/// offsets, so slots this far apart never share a stripe (nor a cache line on the PMDK side,
+/// which uses the same spacing).
+const SLOT_STRIDE: u64 = 256;
+
+/// The root object of the tx/alloc workloads: each thread has its own objects, and its own root
+/// slot (the first word of its 256-byte `slot` row).
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 struct Root {
-    slot: [PPtr<[u64; 8]>; MAX_THREADS],
+    slot: [[PPtr<[u64; 8]>; 32]; MAX_THREADS],
     keep: PPtr<[u64; 8]>,
     ctr: [PPtr<[u64; 8]>; MAX_THREADS],
     big: [PPtr<[u64; 32]>; MAX_THREADS],
@@ -118,42 +125,60 @@ fn run_tx(job: &Job<'_>) -> Res<Vec<Value>> {
         &CreateOptions::new("vs-pmdk", 64 << 20).mode(job.mode),
     )?;
     let root = pool.root::<Root>()?;
-    pool.transaction(|tx| {
-        let mut objs = Vec::new();
-        for _ in 0..threads {
-            let ctr = tx.alloc([0u64; 8])?;
-            let big = tx.alloc([0u64; 32])?;
-            let mut four = [PPtr::NULL; 4];
-            for f in &mut four {
-                *f = tx.alloc([0u64; 8])?;
+    // Each thread's objects, allocated so that no 256-byte lock stripe holds objects of two
+    // threads ("disjoint objects": otherwise two threads' transactions would conflict on a
+    // shared stripe). A block that would share a stripe with another thread's is left
+    // allocated as padding and the allocation is repeated.
+    let mut owner: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut alloc_for = |t: usize, words: u64| -> Res<u64> {
+        for _ in 0..1000 {
+            let off = pool.transaction(|tx| {
+                Ok::<_, TxError>(if words == 8 {
+                    tx.alloc([0u64; 8])?.offset()
+                } else {
+                    tx.alloc([0u64; 32])?.offset()
+                })
+            })?;
+            let stripes = (off >> 8)..=((off + words * 8 - 1) >> 8);
+            if off % 64 != 0 {
+                return Err("an object is not 64-byte aligned".into());
             }
-            objs.push((ctr, big, four));
+            if stripes
+                .clone()
+                .all(|k| !matches!(owner.get(&k), Some(&o) if o != t))
+            {
+                for k in stripes {
+                    owner.insert(k, t);
+                }
+                return Ok(off);
+            }
         }
-        // One block stays allocated in the 64-byte class, so alloc/free pairs do not open
-        // and close a run (as in the PMDK peer).
+        Err("could not place the threads' objects in disjoint lock stripes".into())
+    };
+    let mut objs = Root::zeroed();
+    for t in 0..threads {
+        objs.ctr[t] = PPtr::from_offset(alloc_for(t, 8)?);
+        objs.big[t] = PPtr::from_offset(alloc_for(t, 32)?);
+        for j in 0..4 {
+            objs.four[t][j] = PPtr::from_offset(alloc_for(t, 8)?);
+        }
+    }
+    // One block stays allocated in the 64-byte class, so alloc/free pairs do not open and
+    // close a run (as in the PMDK peer).
+    pool.transaction(|tx| {
         let keep = tx.alloc([0u64; 8])?;
         let r = tx.get_mut(root)?;
-        for (t, (ctr, big, four)) in objs.into_iter().enumerate() {
-            r.ctr[t] = ctr;
-            r.big[t] = big;
-            r.four[t] = four;
-        }
+        r.ctr = objs.ctr;
+        r.big = objs.big;
+        r.four = objs.four;
         r.keep = keep;
         Ok::<_, TxError>(())
     })?;
-    let objs = pool.read(|tx| Ok::<_, TxError>(*tx.get(root)?))?;
-    for t in 0..threads {
-        let mut offs = vec![objs.ctr[t].offset(), objs.big[t].offset()];
-        offs.extend(objs.four[t].iter().map(|p| p.offset()));
-        if offs.iter().any(|o| o % 64 != 0) {
-            return Err("an object is not 64-byte aligned".into());
-        }
-    }
     let slots = pfield!(root, Root, slot);
     let heap = pool.heap();
     let pool = &pool;
     let op = move |t: usize| -> Result<(), TxError> {
-        let slot: PPtr<PPtr<[u64; 8]>> = PPtr::from_offset(slots.offset() + 8 * t as u64);
+        let slot: PPtr<PPtr<[u64; 8]>> = PPtr::from_offset(slots.offset() + SLOT_STRIDE * t as u64);
         match w {
             "tx_update_8B" => pool.transaction(|tx| {
                 tx.get_mut(objs.ctr[t])?[0] += 1;
@@ -210,7 +235,7 @@ fn run_tx(job: &Job<'_>) -> Res<Vec<Value>> {
                 tx.get(objs.ctr[t])?[0],
                 tx.get(objs.big[t])?[31],
                 tx.get(objs.four[t][3])?[7],
-                tx.get(root)?.slot[t],
+                tx.get(root)?.slot[t][0],
             ))
         })?;
         let ok = match w {
@@ -356,11 +381,12 @@ fn run_open(job: &Job<'_>) -> Res<Vec<Value>> {
     drop(pool);
     let t0 = Instant::now();
     let pool = Pool::open(job.path, &OpenOptions::new(layout).mode(job.mode))?;
-    let before = pool.counters();
-    // SAFETY: as above; root slot 1 is written only by this allocation.
-    unsafe { pool.heap().alloc(pool.raw(), 64, slots + 8)? };
+    // SAFETY: as above; the slot of row 1 is written only by this allocation.
+    unsafe { pool.heap().alloc(pool.raw(), 64, slots + SLOT_STRIDE)? };
     let ns = t0.elapsed().as_nanos() as f64;
-    let d = pool.counters() - before;
+    // The new handle's counters: everything the open (recovery included) and the first
+    // allocation flushed.
+    let d = pool.counters();
     Ok(vec![line(
         job,
         "open",
