@@ -590,6 +590,8 @@ pub fn write_all(
         "versions": m.versions.iter().cloned().collect::<BTreeMap<_, _>>(),
         "rounds": meta.rounds,
         "quick": meta.quick,
+        "command": meta.command,
+        "elapsed_s": meta.elapsed_s,
         "pmdk": meta.pmdk,
         "strace": meta.strace_note,
         "checks_failed": checks,
