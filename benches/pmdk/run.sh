@@ -7,6 +7,9 @@
 # With libpmemobj (apt-get install libpmemobj-dev) it also runs the alloc peer
 # (benches/pmdk/alloc.c; ALLOC_PAIRS, default 200000) and the transaction peers
 # (benches/pmdk/tx.c; TX_OPS, default 200000, and TX_MSYNC_OPS, default 200).
+#
+# For a side-by-side comparison with pmstore (alternating runs, ratios, strace msync counts, a
+# report and a chart) use the harness instead: cargo bench --bench vs_pmdk (docs/PERFORMANCE.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
