@@ -10,7 +10,7 @@
 //! the heap, advancing by its own footprint rounded up to a cache line (64 B, 256 B, 256 B,
 //! 4 KiB; a whole page for `msync_1_page`) and wrapping at the end of the window, so it does
 //! not hammer one line (as PMDK's benchmarks vary their offsets). The window is touched before
-//! timing so no page fault lands in the measurement. `benches/pmdk/persist_floor.c` uses the
+//! timing so no page fault lands in the measurement. `benches/vs_pmdk/pmdk_peer.c` (its floors) uses the
 //! same pattern for the PMDK peer.
 //!
 //! Before timing, each benchmark runs a fixed number of operations and prints the pool's

@@ -1,5 +1,5 @@
 //! Transaction benchmarks, one workload per run, the same definitions as the PMDK peer
-//! (`benches/pmdk/tx.c`):
+//! (`benches/vs_pmdk/pmdk_peer.c`):
 //!
 //! ```sh
 //! PMSTORE_FORCE_MODE=flush cargo run --release --example txbench -- tx_update_8B --pool /dev/shm/b.pool
