@@ -36,6 +36,7 @@ mod allocator;
 pub mod classes;
 mod error;
 pub mod heap;
+mod live;
 #[doc(hidden)]
 pub mod primitive;
 pub mod redo;

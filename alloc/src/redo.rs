@@ -12,26 +12,32 @@
 
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::live::{self, LaneState, LiveLog, MAX_LIVE_LINES};
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 use crossbeam_utils::CachePadded;
-use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE};
+use pmstore_pool::{FlushContext, Geometry, Pool, CACHE_LINE, HEADER_SIZE, INCOMPAT_LANE_SLOTS};
 
 use crate::error::{AllocError, CorruptReason, Result, TargetError};
 use crate::heap::HeapGeometry;
 
-/// The smallest lane (and so redo log region) a pool may have. A lane's log region is the
-/// whole lane ([`RedoLayout::log_size`]).
+/// The smallest lane a pool may have. A lane holds [`LOG_SLOTS`] log regions (slots), each
+/// half the lane ([`RedoLayout::log_size`]).
 pub const REDO_LOG_SIZE: u64 = 4096;
+/// Log regions per lane: commits of a lane alternate between them, so a commit never
+/// overwrites the previous log, whose values may not be durable yet (`docs/REDO.md` §1, §4).
+pub const LOG_SLOTS: u32 = 2;
 /// Size of the redo log header (one cache line).
 pub const REDO_HEADER_SIZE: u64 = 64;
 /// Size of one redo slot: a word entry, the head of a range entry, or 16 bytes of its data.
 pub const REDO_ENTRY_SIZE: u64 = 16;
-/// Slots the log of a minimal ([`REDO_LOG_SIZE`]) lane holds:
-/// `(REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE` = 252. Larger lanes hold more
+/// Slots one log region of a minimal ([`REDO_LOG_SIZE`]) lane holds:
+/// `(REDO_LOG_SIZE / 2 - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE` = 124. Larger lanes hold more
 /// ([`RedoLayout::capacity`]).
-pub const REDO_CAPACITY: usize = ((REDO_LOG_SIZE - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize;
+pub const REDO_CAPACITY: usize =
+    ((REDO_LOG_SIZE / LOG_SLOTS as u64 - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize;
 /// Bit 0 of an entry's `target` word marks a range entry (targets are 8-byte aligned, so the
 /// bit is free).
 pub const RANGE_FLAG: u64 = 1;
@@ -117,7 +123,7 @@ const _: () = {
     assert!(offset_of!(RedoEntry, value) == 8);
     assert!(REDO_HEADER_SIZE == CACHE_LINE);
     assert!(REDO_LOG_SIZE % CACHE_LINE == 0);
-    assert!(REDO_CAPACITY == 252);
+    assert!(REDO_CAPACITY == 124);
 };
 
 /// Building entries.
@@ -504,6 +510,9 @@ pub struct RedoLayout {
     /// lie.
     data_start: u64,
     data_end: u64,
+    /// Slot 0 may hold a log of the single-region layout of pools made before lane format 2
+    /// (no `INCOMPAT_LANE_SLOTS` bit): recovery accepts its longer in-lane part.
+    legacy: bool,
 }
 
 /// Where logs lie and what they may store to.
@@ -561,7 +570,30 @@ impl RedoLayout {
             lane_size: geometry.lane_size,
             data_start: heap.data,
             data_end: heap.data_end().min(pool_size),
+            legacy: false,
         })
+    }
+
+    /// The layout of `pool`: [`RedoLayout::new`], accepting in slot 0 the logs of pools made
+    /// before lane format 2 (whose header lacks [`INCOMPAT_LANE_SLOTS`]).
+    ///
+    /// # Errors
+    /// As [`RedoLayout::new`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// assert_eq!(RedoLayout::of(&pool)?, RedoLayout::new(pool.size(), &pool.geometry())?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn of(pool: &Pool) -> Result<RedoLayout> {
+        let mut l = RedoLayout::new(pool.size(), &pool.geometry())?;
+        l.legacy = pool.header().incompat & INCOMPAT_LANE_SLOTS == 0;
+        Ok(l)
     }
 
     /// Number of lanes (and logs).
@@ -580,7 +612,7 @@ impl RedoLayout {
         self.lane_count
     }
 
-    /// Size of each lane's log region: the whole lane.
+    /// Size of each log region (slot): half the lane, rounded down to a cache line.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -588,15 +620,15 @@ impl RedoLayout {
     /// use pmstore_alloc::redo::RedoLayout;
     ///
     /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 16 << 10, 4096)?;
-    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.log_size(), 16 << 10);
+    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.log_size(), 8 << 10);
     /// # Ok(())
     /// # }
     /// ```
     pub fn log_size(&self) -> u64 {
-        u64::from(self.lane_size)
+        u64::from(self.lane_size) / u64::from(LOG_SLOTS) / CACHE_LINE * CACHE_LINE
     }
 
-    /// Slots one log holds: `(log_size - 64) / 16`.
+    /// Slots one log region holds: `(log_size - 64) / 16`.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -604,7 +636,7 @@ impl RedoLayout {
     /// use pmstore_alloc::redo::RedoLayout;
     ///
     /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 16 << 10, 4096)?;
-    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.capacity(), ((16 << 10) - 64) / 16);
+    /// assert_eq!(RedoLayout::new(MIN_POOL_SIZE, &g)?.capacity(), ((8 << 10) - 64) / 16);
     /// # Ok(())
     /// # }
     /// ```
@@ -612,7 +644,37 @@ impl RedoLayout {
         ((self.log_size() - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize
     }
 
-    /// Pool offset of lane `lane`'s log region (the lane's first byte).
+    /// In-lane slots of a slot-0 log written with the single-region layout of pools made
+    /// before lane format 2 (the whole lane).
+    fn legacy_capacity(&self) -> usize {
+        ((u64::from(self.lane_size) - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize
+    }
+
+    /// Pool offset of log region `slot` (0 or 1) of lane `lane`.
+    ///
+    /// # Panics
+    /// If `lane >= lane_count` or `slot >= LOG_SLOTS`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{Geometry, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLayout;
+    ///
+    /// let g = Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?;
+    /// let layout = RedoLayout::new(MIN_POOL_SIZE, &g)?;
+    /// assert_eq!(layout.slot_offset(2, 0), g.lane_offset(2));
+    /// assert_eq!(layout.slot_offset(2, 1), g.lane_offset(2) + 2048);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn slot_offset(&self, lane: u32, slot: u32) -> u64 {
+        assert!(slot < LOG_SLOTS, "slot {slot} out of range");
+        self.log_offset(lane) + u64::from(slot) * self.log_size()
+    }
+
+    /// Pool offset of lane `lane`'s first log region (the lane's first byte).
     ///
     /// # Panics
     /// If `lane >= lane_count`.
@@ -863,8 +925,20 @@ impl Extent {
 /// `ext_len = 16 × (count − capacity)` and `[ext, ext + ext_len)` inside the pool. Anything
 /// else is invalid, whatever the checksum says: a torn or stale header may point anywhere.
 fn extent(h: &RedoHeader, layout: &RedoLayout) -> Result<Extent, Invalid> {
+    extent_with(h, layout, layout.capacity())
+}
+
+/// [`extent`] of a slot-0 log in recovery: in a pool made before lane format 2, the log may
+/// have been written with the single-region layout (in-lane capacity: the whole lane).
+fn extent_slot0(h: &RedoHeader, layout: &RedoLayout) -> Result<Extent, Invalid> {
+    match extent(h, layout) {
+        Err(_) if layout.legacy => extent_with(h, layout, layout.legacy_capacity()),
+        r => r,
+    }
+}
+
+fn extent_with(h: &RedoHeader, layout: &RedoLayout, capacity: usize) -> Result<Extent, Invalid> {
     let count = h.count as usize;
-    let capacity = layout.capacity();
     let bad_ext = Invalid::BadExtension {
         ext: h.ext,
         ext_len: h.ext_len,
@@ -1223,11 +1297,20 @@ pub struct CommitStats {
     pub log_lines: usize,
     /// Cache lines of the extension written back (or written with non-temporal stores).
     pub ext_lines: usize,
-    /// Distinct cache lines of targets flushed.
+    /// Distinct cache lines of targets flushed by this commit: the lane's previous log's
+    /// (`deferred_lines`), the helped logs' of other lanes, and this log's own if it was not
+    /// deferred (`drains == 2`). A deferred log's lines are flushed by the lane's next commit.
     pub target_lines: usize,
-    /// Header lines of other lanes with a pending invalidation, flushed before drain #1.
+    /// Of `target_lines`, the lines of the lane's previous log (applied, not flushed, by the
+    /// previous commit).
+    pub deferred_lines: usize,
+    /// Other lanes' live logs sharing a line with this commit, which it made durable and
+    /// invalidated.
+    pub helped: usize,
+    /// Header lines of other lanes with a pending invalidation, flushed before the drain.
     pub pending_lines: usize,
-    /// Drains (2).
+    /// Drains: 1, or 2 for a log with an extension or more than 24 target lines (its values
+    /// are made durable before the commit returns).
     pub drains: usize,
 }
 
@@ -1271,16 +1354,24 @@ struct Shared {
     pool_uuid: [u8; 16],
     /// The next sequence number.
     seq: CachePadded<AtomicU64>,
-    /// Per lane: the sequence number of its last invalidated log while that invalidation is
-    /// not known to be durable (the pending-invalidation set), else 0. Only the lane's owner
-    /// stores a non-zero value; others only compare-exchange a value they saw back to 0.
-    pending: Box<[AtomicU64]>,
-    /// One bit per lane: "may be pending" (a superset of the lanes with a non-zero `pending`),
-    /// so that a commit scans words, not lanes. Set by the lane's owner at its first
-    /// invalidation and never cleared (a stale bit costs one load of `pending`).
+    /// Per lane: its pending-invalidation tokens, live record and helpers (`live.rs`).
+    lanes: Box<[CachePadded<LaneState>]>,
+    /// One bit per lane: "may have a pending invalidation" (a superset of the lanes with a
+    /// non-zero token), so that a commit scans words, not lanes. Set by whoever publishes a
+    /// token and never cleared (a stale bit costs two loads).
     summary: Box<[AtomicU64]>,
+    /// One bit per lane: "may have a live record" (set by the owner at its first record,
+    /// never cleared; a stale bit costs one load of the lane's mask).
+    live_summary: Box<[AtomicU64]>,
     /// Whether lane `i`'s [`LaneLog`] is handed out.
     claimed: Box<[AtomicBool]>,
+}
+
+/// A live log of another lane that a commit helps: it flushes the log's lines before its
+/// drain, then invalidates the log (`docs/REDO.md` §4 step 2).
+struct Helped {
+    lane: u32,
+    log: LiveLog,
 }
 
 impl Shared {
@@ -1294,14 +1385,36 @@ impl Shared {
         );
     }
 
-    /// Flushes the header line of every lane (except `skip`) with a pending invalidation and
-    /// records `(lane, token)` in `covered`, for [`Shared::clear_covered`] after the drain.
+    fn set_bit(bits: &[AtomicU64], lane: u32) {
+        let (w, bit) = (lane as usize / 64, 1u64 << (lane % 64));
+        if bits[w].load(Ordering::Relaxed) & bit == 0 {
+            bits[w].fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Publishes the pending invalidation `seq` of `(lane, slot)`, after the zero store to its
+    /// header word. The owner stores its own tokens; a helper only fills an empty token (a
+    /// non-zero token of the same slot covers the same header line).
+    fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool) {
+        let t = &self.lanes[lane as usize].pending[slot as usize];
+        // Release: the zero store happens-before any load that sees the token.
+        if owner {
+            t.store(seq, Ordering::Release);
+        } else {
+            let _ = t.compare_exchange(0, seq, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        Shared::set_bit(&self.summary, lane);
+    }
+
+    /// Flushes the header line of every slot (of every lane except `skip`) with a pending
+    /// invalidation and records `(lane, slot, token)` in `covered`, for
+    /// [`Shared::clear_covered`] after the drain.
     fn flush_pending(
         &self,
         pool: &Pool,
         ctx: &mut FlushContext,
         skip: Option<u32>,
-        covered: &mut Vec<(u32, u64)>,
+        covered: &mut Vec<(u32, u32, u64)>,
     ) {
         covered.clear();
         for (w, word) in self.summary.iter().enumerate() {
@@ -1312,28 +1425,99 @@ impl Shared {
                 if Some(lane) == skip {
                     continue;
                 }
-                // Acquire: the owner's invalidation store happens-before its token
-                // store, so the line flushed below holds the zero or something later.
-                let token = self.pending[lane as usize].load(Ordering::Acquire);
-                if token != 0 {
-                    pool.flush(ctx, self.layout.log_offset(lane), REDO_HEADER_SIZE);
-                    covered.push((lane, token));
+                for slot in 0..LOG_SLOTS {
+                    // Acquire: the invalidation store happens-before the token store, so the
+                    // line flushed below holds the zero or something later.
+                    let token = self.lanes[lane as usize].pending[slot as usize]
+                        .load(Ordering::Acquire);
+                    if token != 0 {
+                        pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
+                        covered.push((lane, slot, token));
+                    }
                 }
             }
         }
     }
 
     /// After a drain that followed [`Shared::flush_pending`]: the invalidations recorded in
-    /// `covered` are durable, so remove them from the set, unless the owner has since
-    /// published a newer one (the token differs: tokens are unique sequence numbers).
-    fn clear_covered(&self, covered: &[(u32, u64)]) {
-        for &(lane, token) in covered {
-            let _ = self.pending[lane as usize].compare_exchange(
+    /// `covered` are durable, so remove them from the set, unless a newer one was published
+    /// since (the token differs: tokens are unique sequence numbers).
+    fn clear_covered(&self, covered: &[(u32, u32, u64)]) {
+        for &(lane, slot, token) in covered {
+            let _ = self.lanes[lane as usize].pending[slot as usize].compare_exchange(
                 token,
                 0,
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             );
+        }
+    }
+
+    /// Registers as a helper of every other lane whose live record shares a line with
+    /// `lines` (sorted; Bloom `mask`), or of every lane with a live record if `lines` is
+    /// `None`; flushes those records' lines and returns them in `out`. Lanes not helped are
+    /// deregistered at once.
+    fn help(
+        &self,
+        pool: &Pool,
+        ctx: &mut FlushContext,
+        skip: Option<u32>,
+        lines: Option<(&[u64], u64)>,
+        out: &mut Vec<Helped>,
+    ) {
+        out.clear();
+        for (w, word) in self.live_summary.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let lane = (w * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if Some(lane) == skip {
+                    continue;
+                }
+                let st = &self.lanes[lane as usize];
+                let m = st.mask.load(Ordering::Acquire);
+                if m == 0 || lines.is_some_and(|(_, mask)| m & mask == 0) {
+                    continue;
+                }
+                // SeqCst, before reading the record: the owner's SeqCst load of `helpers`
+                // before it writes a slot sees this registration, or this read sees the
+                // owner's newer record (live.rs, LaneState::publish).
+                st.helpers.fetch_add(1, Ordering::SeqCst);
+                let keep = st.snapshot().filter(|log| {
+                    log.seq > st.resolved.load(Ordering::Acquire)
+                        && lines.map_or(true, |(mine, _)| live::overlap(mine, &log.lines))
+                });
+                match keep {
+                    Some(log) => {
+                        for &l in &log.lines {
+                            pool.flush(ctx, l, CACHE_LINE);
+                        }
+                        out.push(Helped { lane, log });
+                    }
+                    None => {
+                        st.helpers.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the drain that followed [`Shared::help`]: the helped logs' values are durable;
+    /// invalidate each (compare-exchange of its header word: it may have been invalidated by
+    /// its owner already), publish the token, and deregister.
+    fn finish_help(&self, pool: &Pool, helped: &mut Vec<Helped>) {
+        for h in helped.drain(..) {
+            let st = &self.lanes[h.lane as usize];
+            let off = self.layout.slot_offset(h.lane, h.log.slot);
+            // SAFETY: the slot's header word, inside the pool; while we are registered the
+            // owner does not write either of its slots (it waits for `helpers == 0`), and its
+            // own invalidation store also writes 0.
+            let zeroed = unsafe { cas_word(pool, off, h.log.header_word, 0) };
+            if zeroed {
+                self.publish_token(h.lane, h.log.slot, h.log.seq, false);
+            }
+            st.resolved.fetch_max(h.log.seq, Ordering::AcqRel);
+            st.helpers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -1374,8 +1558,16 @@ impl std::fmt::Debug for RedoLogs {
 }
 
 /// A valid log found by recovery.
+impl Found {
+    /// Bytes of its slot stream in its extension.
+    fn ext_bytes(&self) -> u64 {
+        self.ext.map_or(0, |(a, b)| b - a)
+    }
+}
+
 struct Found {
     lane: u32,
+    slot: u32,
     seq: u64,
     /// Its slot stream (in-lane slots, then the extension's).
     body: Vec<u8>,
@@ -1400,11 +1592,12 @@ enum Read {
 fn read_log(
     pool: &Pool,
     lane: u32,
+    slot: u32,
     layout: &RedoLayout,
     scratch: &mut Vec<u8>,
     extensions_read: &mut usize,
 ) -> Result<Read> {
-    let off = layout.log_offset(lane);
+    let off = layout.slot_offset(lane, slot);
     let mut hb = [0u8; REDO_HEADER_SIZE as usize];
     // SAFETY: the caller holds the only reference to the pool (`&mut Pool` in `recover`), so
     // no safe access runs concurrently, and every unsafe accessor's contract makes its caller
@@ -1414,7 +1607,12 @@ fn read_log(
     if header.word() == 0 {
         return Ok(Read::Empty);
     }
-    let Ok(x) = extent(&header, layout) else {
+    let x = if slot == 0 {
+        extent_slot0(&header, layout)
+    } else {
+        extent(&header, layout)
+    };
+    let Ok(x) = x else {
         return Ok(Read::Invalid);
     };
     // The in-lane slots (bounded by the lane), then the extension in bounded chunks: the
@@ -1451,6 +1649,7 @@ fn read_log(
     let entries = parse(&body, &header, &x, lane, layout)?;
     Ok(Read::Valid(Found {
         lane,
+        slot,
         seq: header.seq,
         body,
         ext: (x.ext_len != 0).then_some((x.ext, x.ext + x.ext_len)),
@@ -1563,16 +1762,28 @@ impl RedoLogs {
     /// ```
     pub fn recover(pool: &mut Pool) -> Result<(RedoLogs, RecoveryReport)> {
         let pool: &Pool = pool;
-        let layout = RedoLayout::new(pool.size(), &pool.geometry())?;
+        let layout = RedoLayout::of(pool)?;
         let mut found: Vec<Found> = Vec::new();
-        let mut invalid: Vec<u32> = Vec::new();
+        let mut invalid: Vec<(u32, u32)> = Vec::new();
         let mut scratch = Vec::new();
         let mut extensions_read = 0;
         for lane in 0..layout.lane_count {
-            match read_log(pool, lane, &layout, &mut scratch, &mut extensions_read)? {
-                Read::Empty => {}
-                Read::Invalid => invalid.push(lane),
-                Read::Valid(f) => found.push(f),
+            for slot in 0..LOG_SLOTS {
+                match read_log(pool, lane, slot, &layout, &mut scratch, &mut extensions_read)? {
+                    Read::Empty => {}
+                    Read::Invalid => invalid.push((lane, slot)),
+                    Read::Valid(f) => {
+                        // A slot-0 log of the single-region layout (older pools) runs over
+                        // slot 1: slot 1 is part of it, not a log.
+                        let whole_lane = slot == 0
+                            && f.body.len() as u64 + REDO_HEADER_SIZE - f.ext_bytes()
+                                > layout.log_size();
+                        found.push(f);
+                        if whole_lane {
+                            break;
+                        }
+                    }
+                }
             }
         }
         drop(scratch);
@@ -1665,7 +1876,7 @@ impl RedoLogs {
             // clearing a later log first could leave an earlier overlapping one alone valid,
             // and replaying it alone would clobber the later one's values (docs/REDO.md §5).
             for f in &found {
-                let off = layout.log_offset(f.lane);
+                let off = layout.slot_offset(f.lane, f.slot);
                 // SAFETY: exclusive pool (as above); the header word is inside the pool.
                 unsafe { store_word(pool, off, 0) };
                 pool.flush(&mut ctx, off, 8);
@@ -1674,8 +1885,8 @@ impl RedoLogs {
             // Invalid logs are never replayed: clearing them needs no order. (They are cleared
             // so that a later log of the lane with the same first entries cannot make them
             // valid again: docs/REDO.md §5.)
-            for &lane in &invalid {
-                let off = layout.log_offset(lane);
+            for &(lane, slot) in &invalid {
+                let off = layout.slot_offset(lane, slot);
                 // SAFETY: as above.
                 unsafe { store_word(pool, off, 0) };
                 pool.flush(&mut ctx, off, 8);
@@ -1689,8 +1900,9 @@ impl RedoLogs {
                 pool_base: pool.ptr_at(0, 0).as_ptr() as usize,
                 pool_uuid: pool.header().uuid,
                 seq: CachePadded::new(AtomicU64::new(max_seq + 1)),
-                pending: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                lanes: (0..n).map(|_| CachePadded::new(LaneState::new())).collect(),
                 summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+                live_summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
             }),
         };
@@ -1729,6 +1941,7 @@ impl RedoLogs {
             lane,
             offset,
             covered: Vec::new(),
+            helped: Vec::new(),
             lines: Vec::new(),
             stage: Vec::new(),
         })
@@ -1819,16 +2032,52 @@ impl RedoLogs {
     /// ```
     pub fn pending_invalidations(&self) -> usize {
         self.shared
-            .pending
+            .lanes
             .iter()
+            .flat_map(|l| &l.pending)
             .filter(|p| p.load(Ordering::Relaxed) != 0)
             .count()
     }
 
-    /// A barrier: makes every pending invalidation durable (flush + one drain through `ctx`)
-    /// and empties the set. Needed before a word that a redo log targeted is modified by other
-    /// means than a redo log (see `docs/REDO.md` §4). Returns the number of header lines
-    /// flushed.
+    /// Number of lanes with a live log: committed, its values applied with ordinary stores
+    /// but not yet flushed (the lane's next commit, a conflicting commit of another lane, or
+    /// [`RedoLogs::sync_invalidations`] flushes them; `docs/REDO.md` §4).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = logs.lane(0).unwrap();
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+    /// assert_eq!(logs.live_logs(), 1);
+    /// logs.sync_invalidations(&pool, &mut ctx)?;
+    /// assert_eq!(logs.live_logs(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn live_logs(&self) -> usize {
+        self.shared
+            .lanes
+            .iter()
+            .filter(|l| {
+                l.snapshot()
+                    .is_some_and(|log| log.seq > l.resolved.load(Ordering::Acquire))
+            })
+            .count()
+    }
+
+    /// A barrier: makes every live log's values durable and invalidates it, then makes every
+    /// pending invalidation durable and empties the set (two drains through `ctx`, none if
+    /// there is nothing to do). Afterwards no log of a commit that returned before this call
+    /// can be replayed. Needed before a word that a redo log targeted is modified by other
+    /// means than a redo log (see `docs/REDO.md` §4), and before closing a pool so that it
+    /// reopens without replaying anything. Returns the number of header lines flushed.
     ///
     /// # Errors
     /// [`AllocError::Pool`] if the drain fails.
@@ -1859,11 +2108,26 @@ impl RedoLogs {
     /// # }
     /// ```
     pub fn sync_invalidations(&self, pool: &Pool, ctx: &mut FlushContext) -> Result<usize> {
-        self.shared.check_pool(pool);
+        let sh = &*self.shared;
+        sh.check_pool(pool);
+        let mut helped = Vec::new();
+        sh.help(pool, ctx, None, None, &mut helped);
+        if !helped.is_empty() {
+            let r = pool.drain(ctx);
+            if r.is_err() {
+                for h in helped.drain(..) {
+                    sh.lanes[h.lane as usize]
+                        .helpers
+                        .fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            r?;
+            sh.finish_help(pool, &mut helped);
+        }
         let mut covered = Vec::new();
-        self.shared.flush_pending(pool, ctx, None, &mut covered);
+        sh.flush_pending(pool, ctx, None, &mut covered);
         pool.drain(ctx)?;
-        self.shared.clear_covered(&covered);
+        sh.clear_covered(&covered);
         Ok(covered.len())
     }
 }
@@ -1893,8 +2157,11 @@ pub struct LaneLog {
     shared: Arc<Shared>,
     lane: u32,
     offset: u64,
-    /// Scratch: `(lane, token)` of the pending invalidations flushed by the current commit.
-    covered: Vec<(u32, u64)>,
+    /// Scratch: `(lane, slot, token)` of the pending invalidations flushed by the current
+    /// commit.
+    covered: Vec<(u32, u32, u64)>,
+    /// Scratch: the other lanes' live logs the current commit helps.
+    helped: Vec<Helped>,
     /// Scratch: target lines of the current commit.
     lines: Vec<u64>,
     /// Scratch: the staging buffer of the slot writer (bounded: about [`STAGE`] bytes).
@@ -2246,8 +2513,58 @@ impl LaneLog {
             }
         }
 
-        // 1. Pending invalidations of other lanes (ours is overwritten by our own header).
-        sh.flush_pending(pool, ctx, Some(self.lane), &mut self.covered);
+        let lane = self.lane;
+        let me = &*sh.lanes[lane as usize];
+        let slot = me.next_slot.load(Ordering::Relaxed) & 1;
+        let prev_slot = 1 - slot;
+        let off = sh.layout.slot_offset(lane, slot);
+
+        // The lines this commit will store to (sorted, deduplicated) and their Bloom mask.
+        self.lines.clear();
+        for e in entries {
+            self.lines.push(e.target & !(CACHE_LINE - 1));
+        }
+        for r in ranges {
+            let mut line = r.target & !(CACHE_LINE - 1);
+            while line < r.target + r.data.len() as u64 {
+                self.lines.push(line);
+                line += CACHE_LINE;
+            }
+        }
+        self.lines.sort_unstable();
+        self.lines.dedup();
+        let mask = live::mask_of(&self.lines);
+        // Deferred: this commit's values stay unflushed until the lane's next commit (or a
+        // helper). Only small logs without an extension: an extension is free again when the
+        // commit returns, so its log must be stale by then (§6.6).
+        let deferred = ext_len == 0 && self.lines.len() <= MAX_LIVE_LINES;
+
+        // 1a. No helper of this lane may still be at work on a log it read earlier: it
+        // compare-exchanges that log's header word, which the slot we write may hold.
+        // (SeqCst: pairs with the helpers' registration, live.rs.)
+        while me.helpers.load(Ordering::SeqCst) != 0 {
+            crate::primitive::yield_now();
+        }
+        // 1b. Our previous log: its values were applied, not flushed. Flush them now; this
+        // commit's drain makes them durable, and then the log may be invalidated.
+        let prev = me
+            .own()
+            .filter(|p| p.seq > me.resolved.load(Ordering::Acquire));
+        let mut deferred_lines = 0;
+        if let Some(p) = &prev {
+            for &l in &p.lines {
+                pool.flush(ctx, l, CACHE_LINE);
+            }
+            deferred_lines = p.lines.len();
+        }
+        // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
+        // invalidate them after the drain (before our values can outlive our log, §6.3).
+        sh.help(pool, ctx, Some(lane), Some((&self.lines, mask)), &mut self.helped);
+        let helped_lines: usize = self.helped.iter().map(|h| h.log.lines.len()).sum();
+        let helped_count = self.helped.len();
+        // 1d. Pending invalidations of other lanes (ours: slot `slot` is overwritten by our
+        // header, slot `prev_slot` is invalidated below).
+        sh.flush_pending(pool, ctx, Some(lane), &mut self.covered);
 
         // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
         // count) word last.
@@ -2260,7 +2577,6 @@ impl LaneLog {
             ext_len,
             reserved: [0; RESERVED],
         };
-        let off = self.offset;
         let mut w = SlotWriter {
             sink: Sink {
                 pool,
@@ -2274,11 +2590,12 @@ impl LaneLog {
             },
             stage: &mut self.stage,
         };
-        // SAFETY: the log region of our lane is written only through its one `LaneLog` of the
-        // one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes' commits
-        // only flush its header line, which is not an access. Nothing holds a reference into
-        // it. The extension region is the caller's alone (contract). The slots fit:
-        // `slots - ext_slots <= capacity` in the lane (whose size was checked at recovery),
+        // SAFETY: the log regions of our lane are written only through its one `LaneLog` of
+        // the one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes'
+        // commits only flush its header lines and compare-exchange a header word they read
+        // while registered as helpers (none is: step 1a). Nothing holds a reference into it.
+        // The extension region is the caller's alone (contract). The slots fit:
+        // `slots - ext_slots <= capacity` in the slot (whose size was checked at recovery),
         // `ext_len` bytes in the extension (checked above).
         unsafe {
             w.put(ctx, bytemuck::cast_slice(entries));
@@ -2296,72 +2613,79 @@ impl LaneLog {
         let sink = w.sink;
         debug_assert_eq!(sink.pos, slots as u64 * REDO_ENTRY_SIZE);
         header.checksum = sink.crc;
-        // SAFETY: our lane's header, as above: the whole header line with non-temporal stores
+        // SAFETY: our slot's header, as above: the whole header line with non-temporal stores
         // (a torn header fails its checksum like any torn log).
         unsafe { pool.copy_nt_nodrain(ctx, off, bytemuck::bytes_of(&header)) };
 
-        // 3. Drain #1: the commit point (for the extension too). It also made the
-        // invalidations flushed in step 1 (and our own previous one, overwritten by the new
-        // header) durable.
-        pool.drain(ctx)?;
-        if sh.pending[self.lane as usize].load(Ordering::Relaxed) != 0 {
-            sh.pending[self.lane as usize].store(0, Ordering::SeqCst);
+        // 3. The drain: the commit point (for the extension too). It also made durable the
+        // previous log's values, the helped logs' values, the invalidations flushed in 1d,
+        // and the overwriting of whatever slot `slot` held.
+        if let Err(e) = pool.drain(ctx) {
+            for h in self.helped.drain(..) {
+                sh.lanes[h.lane as usize]
+                    .helpers
+                    .fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(e.into());
+        }
+        if me.pending[slot as usize].load(Ordering::Relaxed) != 0 {
+            me.pending[slot as usize].store(0, Ordering::SeqCst);
         }
         sh.clear_covered(&self.covered);
+        // Invalidate our previous log (its values are durable now), without a flush: whoever
+        // needs the invalidation durable flushes the line before its own drain (1d of every
+        // other commit, `sync_invalidations`, our commit after next, which overwrites it).
+        if let Some(p) = &prev {
+            let poff = sh.layout.slot_offset(lane, prev_slot);
+            debug_assert_eq!(p.slot, prev_slot);
+            // SAFETY: our lane's header word, as in step 2 (a helper may compare-exchange it
+            // to 0 concurrently: the same value).
+            unsafe { store_word(pool, poff, 0) };
+            sh.publish_token(lane, prev_slot, p.seq, true);
+        }
+        sh.finish_help(pool, &mut self.helped);
 
-        // 4. Apply: words, then ranges.
-        self.lines.clear();
+        // 4. Apply: words, then ranges, with ordinary stores (nothing left in flight when we
+        // return: the caller's next locked instruction would wait for it, REDO.md §8).
         for e in entries {
             // SAFETY: the caller owns every target word exclusively for the call; the target
             // was checked (aligned, inside the pool, not in the header or a lane).
             unsafe { store_word(pool, e.target, e.value) };
-            self.lines.push(e.target & !(CACHE_LINE - 1));
         }
-        let mut nt_lines = 0;
         for r in ranges {
-            let (first, end) = (r.target, r.target + r.data.len() as u64);
-            if end >= first.next_multiple_of(CACHE_LINE) + CACHE_LINE {
-                // At least one whole line: non-temporal stores for the whole lines (a drain
-                // after them completes sooner than after `clwb`), ordinary stores and a flush
-                // for the partial lines at the ends.
-                // SAFETY: as for the words: the caller owns the range; it was checked.
-                unsafe { pool.copy_nt_nodrain(ctx, r.target, r.data) };
-                nt_lines += end.div_ceil(CACHE_LINE) - first / CACHE_LINE;
-            } else {
-                // SAFETY: as above.
-                unsafe { pool.write(r.target, r.data) };
-                let mut line = r.target & !(CACHE_LINE - 1);
-                while line < r.target + r.data.len() as u64 {
-                    self.lines.push(line);
-                    line += CACHE_LINE;
-                }
+            // SAFETY: as for the words: the caller owns the range; it was checked.
+            unsafe { pool.write(r.target, r.data) };
+        }
+        let mut drains = 1;
+        let mut target_lines = deferred_lines + helped_lines;
+        if deferred {
+            // 5. The values stay in the cache: the log is live until our next commit (or a
+            // helper) flushes them and invalidates it.
+            let log = LiveLog {
+                seq,
+                slot,
+                header_word: header.word(),
+                lines: self.lines.iter().copied().collect(),
+            };
+            me.publish(Some(&log));
+            Shared::set_bit(&sh.live_summary, lane);
+        } else {
+            // 5'. A large log or one with an extension: make the values durable now (drain
+            // #2) and invalidate the log, as without deferral.
+            for &line in &self.lines {
+                pool.flush(ctx, line, CACHE_LINE);
             }
+            pool.drain(ctx)?;
+            drains = 2;
+            target_lines += self.lines.len();
+            if prev.is_some() {
+                me.publish(None);
+            }
+            // SAFETY: our slot's header word, as in step 2.
+            unsafe { store_word(pool, off, 0) };
+            sh.publish_token(lane, slot, seq, true);
         }
-        self.lines.sort_unstable();
-        self.lines.dedup();
-        for &line in &self.lines {
-            pool.flush(ctx, line, CACHE_LINE);
-        }
-
-        // 5. Drain #2: the values are durable; only now may the log be invalidated.
-        pool.drain(ctx)?;
-
-        // 6. Invalidate, without a flush or a drain: whoever needs the invalidation durable
-        // flushes this line itself before its own drain — every other lane's commit in its
-        // step 1 (the pending set), `sync_invalidations`, and our own next commit, whose
-        // header overwrites it. Not flushing here leaves no write-back in flight when we
-        // return, so the caller's next locked instruction (a mutex unlock, an `Arc` count)
-        // does not stall until it completes: ~170 ns per commit on this machine.
-        // SAFETY: our lane's header word, as in step 2.
-        unsafe { store_word(pool, off, 0) };
-        let lane = self.lane as usize;
-        // Release: the zero store above happens-before any load that sees the token. (Not
-        // SeqCst: the protocol needs only release/acquire, docs/REDO.md §3.)
-        sh.pending[lane].store(seq, Ordering::Release);
-        let bit = 1u64 << (lane % 64);
-        if sh.summary[lane / 64].load(Ordering::Relaxed) & bit == 0 {
-            sh.summary[lane / 64].fetch_or(bit, Ordering::AcqRel);
-        }
+        me.next_slot.store(prev_slot, Ordering::Relaxed);
         if self.stage.capacity() > 2 * STAGE {
             // A log never needs more (a large range goes around it); keep the lane small.
             self.stage = Vec::new();
@@ -2375,9 +2699,11 @@ impl LaneLog {
             ext_slots,
             log_lines: 1 + sink.lane_lines,
             ext_lines: sink.ext_lines,
-            target_lines: self.lines.len() + nt_lines as usize,
+            target_lines,
+            deferred_lines,
+            helped: helped_count,
             pending_lines: self.covered.len(),
-            drains: 2,
+            drains,
         })
     }
 }
@@ -2508,6 +2834,24 @@ impl SlotWriter<'_, '_> {
     }
 }
 
+/// Compare-exchanges the 8-byte word at pool offset `offset` from `old` to `new`; whether it
+/// did.
+///
+/// # Safety
+/// As [`store_word`].
+///
+/// # Panics
+/// As [`store_word`].
+unsafe fn cas_word(pool: &Pool, offset: u64, old: u64, new: u64) -> bool {
+    assert!(!pool.is_read_only(), "write to a read-only pool");
+    assert!(offset % 8 == 0, "misaligned word {offset:#x}");
+    let p = pool.ptr_at(offset, 8).as_ptr().cast::<u64>();
+    // SAFETY: as in `store_word`.
+    unsafe { AtomicU64::from_ptr(p) }
+        .compare_exchange(old, new, Ordering::SeqCst, Ordering::Relaxed)
+        .is_ok()
+}
+
 /// Stores `value` to the 8-byte word at pool offset `offset` with a single (atomic) store.
 ///
 /// # Safety
@@ -2543,6 +2887,7 @@ mod tests {
             lane_size: 16 << 10,
             data_start: heap.data,
             data_end: heap.data_end(),
+            legacy: false,
         }
     }
 
@@ -2655,7 +3000,7 @@ mod tests {
     #[test]
     fn bad_counts_are_invalid() {
         let l = layout();
-        for count in [0u32, REDO_CAPACITY as u32 + 1, u32::MAX] {
+        for count in [0u32, l.capacity() as u32 + 1, u32::MAX] {
             let mut r = region(&[]);
             r[0] = 1; // non-zero checksum
             r[4..8].copy_from_slice(&count.to_le_bytes());
@@ -2673,7 +3018,7 @@ mod tests {
             .map(|i| RedoEntry::new(4096 + 8 * i, i))
             .collect();
         let bytes = encode_log(1, &entries);
-        assert_eq!(bytes.len() as u64, REDO_LOG_SIZE);
+        assert_eq!(bytes.len() as u64, REDO_LOG_SIZE / u64::from(LOG_SLOTS));
         assert!(matches!(
             decode_log(&bytes, 0, &l).unwrap(),
             LogState::Valid { .. }

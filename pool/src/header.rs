@@ -38,8 +38,12 @@ pub const CACHE_LINE: u64 = 64;
 
 /// Compatible feature bits known to this build. A reader ignores unknown compat bits.
 pub const COMPAT_KNOWN: u64 = 0;
+/// Incompatible feature bit 0: every lane holds two redo log regions (lane format 2,
+/// `docs/REDO.md` §1). Set in every pool this build creates, so that builds that look for a
+/// log only at a lane's start refuse the pool instead of missing a committed log.
+pub const INCOMPAT_LANE_SLOTS: u64 = 1;
 /// Incompatible feature bits known to this build. A reader refuses a pool with unknown bits.
-pub const INCOMPAT_KNOWN: u64 = 0;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_LANE_SLOTS;
 /// Read-only-compatible feature bits known to this build. A reader opens a pool with unknown
 /// bits read-only only.
 pub const RO_COMPAT_KNOWN: u64 = 0;
@@ -272,6 +276,7 @@ impl PoolHeader {
         h.major = FORMAT_MAJOR;
         h.minor = FORMAT_MINOR;
         h.header_size = HEADER_SIZE as u32;
+        h.incompat = INCOMPAT_LANE_SLOTS;
         h.uuid = uuid;
         h.created_unix_ns = created_unix_ns;
         h.pool_size = pool_size;

@@ -1,0 +1,196 @@
+//! Volatile per-lane state of the redo log's deferred-apply protocol (`docs/REDO.md` §3, §4):
+//! the pending-invalidation tokens of a lane's two log slots, and the lane's **live record**,
+//! the log whose values were applied with ordinary stores but not yet flushed.
+//!
+//! The live record is written by the lane's owner only (the holder of its `LaneLog`) and read
+//! by other lanes' commits through a sequence lock, so a reader sees one whole record or
+//! retries. Every field is an atomic (no data race, no `unsafe`).
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use smallvec::SmallVec;
+
+/// At most this many target lines are kept in a live record. A commit whose apply touches more
+/// lines (or that uses an extension) makes its values durable before it returns, as before
+/// (two drains), and leaves no live record.
+pub(crate) const MAX_LIVE_LINES: usize = 24;
+
+/// The target lines of a live log.
+pub(crate) type Lines = SmallVec<[u64; MAX_LIVE_LINES]>;
+
+/// One bit of a 64-bit Bloom mask for the cache line at pool offset `line` (a multiple of 64).
+#[inline]
+pub(crate) fn line_bit(line: u64) -> u64 {
+    1u64 << ((line >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
+}
+
+/// The Bloom mask of `lines` (never 0 for a non-empty set).
+pub(crate) fn mask_of(lines: &[u64]) -> u64 {
+    lines.iter().fold(0, |m, &l| m | line_bit(l))
+}
+
+/// Whether two sorted, deduplicated line lists share a line.
+pub(crate) fn overlap(a: &[u64], b: &[u64]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+/// A lane's live log: applied with ordinary stores, its lines not yet flushed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LiveLog {
+    /// Its sequence number.
+    pub(crate) seq: u64,
+    /// The slot (0 or 1) holding it.
+    pub(crate) slot: u32,
+    /// Its header word (`checksum | count << 32`), to invalidate it by compare-exchange.
+    pub(crate) header_word: u64,
+    /// Its target lines, sorted, deduplicated.
+    pub(crate) lines: Lines,
+}
+
+/// The volatile state of one lane.
+pub(crate) struct LaneState {
+    /// Per slot: the sequence number of the slot's last invalidated log while that
+    /// invalidation is not known to be durable (the pending-invalidation set), else 0.
+    pub(crate) pending: [AtomicU64; 2],
+    /// The slot the lane's next commit writes (owner only).
+    pub(crate) next_slot: AtomicU32,
+    /// Other lanes' commits currently helping this lane's live log (registered before they
+    /// read the record, until they invalidated it). The owner waits for 0 before it writes a
+    /// slot, so a helper never invalidates a newer log than the one it read.
+    pub(crate) helpers: AtomicU32,
+    /// The highest sequence number of this lane's logs that a helper made durable and
+    /// invalidated (so later commits need not help it again).
+    pub(crate) resolved: AtomicU64,
+    /// Bloom mask of the live record's lines; 0 when there is no live record.
+    pub(crate) mask: AtomicU64,
+    /// Sequence lock of the record: odd while the owner writes it.
+    version: AtomicU64,
+    seq: AtomicU64,
+    slot: AtomicU64,
+    header_word: AtomicU64,
+    len: AtomicU64,
+    lines: [AtomicU64; MAX_LIVE_LINES],
+}
+
+impl LaneState {
+    pub(crate) fn new() -> LaneState {
+        LaneState {
+            pending: [AtomicU64::new(0), AtomicU64::new(0)],
+            next_slot: AtomicU32::new(0),
+            helpers: AtomicU32::new(0),
+            resolved: AtomicU64::new(0),
+            mask: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            slot: AtomicU64::new(0),
+            header_word: AtomicU64::new(0),
+            len: AtomicU64::new(0),
+            lines: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Owner: replaces the record by `log` (`None`: no live record). The final store is
+    /// `SeqCst`: a helper that registers after it (SeqCst) reads this record or a later one,
+    /// and the owner's later `SeqCst` load of `helpers` sees every helper registered before.
+    pub(crate) fn publish(&self, log: Option<&LiveLog>) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        match log {
+            Some(log) => {
+                debug_assert!(!log.lines.is_empty() && log.lines.len() <= MAX_LIVE_LINES);
+                self.seq.store(log.seq, Ordering::Relaxed);
+                self.slot.store(u64::from(log.slot), Ordering::Relaxed);
+                self.header_word.store(log.header_word, Ordering::Relaxed);
+                self.len.store(log.lines.len() as u64, Ordering::Relaxed);
+                for (d, &l) in self.lines.iter().zip(&log.lines) {
+                    d.store(l, Ordering::Relaxed);
+                }
+                self.mask.store(mask_of(&log.lines), Ordering::Relaxed);
+            }
+            None => {
+                self.len.store(0, Ordering::Relaxed);
+                self.mask.store(0, Ordering::Relaxed);
+            }
+        }
+        self.version.store(v + 2, Ordering::SeqCst);
+    }
+
+    /// Owner: its own record (no concurrent writer).
+    pub(crate) fn own(&self) -> Option<LiveLog> {
+        self.read_fields()
+    }
+
+    /// Anyone: a consistent snapshot of the record.
+    pub(crate) fn snapshot(&self) -> Option<LiveLog> {
+        loop {
+            let v1 = self.version.load(Ordering::SeqCst);
+            if v1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let r = self.read_fields();
+            fence(Ordering::Acquire);
+            if self.version.load(Ordering::Relaxed) == v1 {
+                return r;
+            }
+        }
+    }
+
+    fn read_fields(&self) -> Option<LiveLog> {
+        let len = (self.len.load(Ordering::Relaxed) as usize).min(MAX_LIVE_LINES);
+        if len == 0 {
+            return None;
+        }
+        Some(LiveLog {
+            seq: self.seq.load(Ordering::Relaxed),
+            slot: (self.slot.load(Ordering::Relaxed) & 1) as u32,
+            header_word: self.header_word.load(Ordering::Relaxed),
+            lines: self.lines[..len]
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let s = LaneState::new();
+        assert_eq!(s.snapshot(), None);
+        let log = LiveLog {
+            seq: 7,
+            slot: 1,
+            header_word: 0xdead_beef,
+            lines: [64, 128, 4096].into_iter().collect(),
+        };
+        s.publish(Some(&log));
+        assert_eq!(s.snapshot(), Some(log.clone()));
+        assert_eq!(s.own(), Some(log));
+        assert_ne!(s.mask.load(Ordering::Relaxed), 0);
+        s.publish(None);
+        assert_eq!(s.snapshot(), None);
+        assert_eq!(s.mask.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn masks_and_overlap() {
+        assert_ne!(mask_of(&[0]), 0);
+        assert_eq!(mask_of(&[64, 128]) & line_bit(64), line_bit(64));
+        assert!(overlap(&[0, 64, 192], &[64]));
+        assert!(!overlap(&[0, 128], &[64, 192]));
+        assert!(!overlap(&[], &[64]));
+    }
+}
