@@ -456,10 +456,10 @@ pub fn encode_log_ops(seq: u64, words: &[RedoEntry], ranges: &[RedoRange<'_>]) -
 ///
 /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
 /// let (ext, _) = layout.extension_area();
-/// let data = vec![1u8; 4096]; // 257 slots: 5 past the lane's 252
+/// let data = vec![1u8; 4096]; // 257 slots: 133 past the log region's 124
 /// let ranges = [RedoRange { target: 4096, data: &data }];
 /// let (lane, in_ext) = encode_log_ext(1, &[], &ranges, layout.capacity(), ext);
-/// assert_eq!((lane.len(), in_ext.len()), (64 + 16 * 252, 16 * 5));
+/// assert_eq!((lane.len(), in_ext.len()), (64 + 16 * 124, 16 * 133));
 /// assert!(matches!(decode_log_ext(&lane, &in_ext, 0, &layout)?, LogState::Valid { .. }));
 /// # Ok(())
 /// # }
@@ -786,8 +786,8 @@ impl RedoLayout {
     /// use pmstore_alloc::redo::RedoLayout;
     ///
     /// let layout = RedoLayout::new(MIN_POOL_SIZE, &Geometry::plan(MIN_POOL_SIZE, 4096, 4, 4096, 4096)?)?;
-    /// assert_eq!(layout.ext_slots(252), 0); // fits the lane
-    /// assert_eq!(layout.ext_slots(300), 48);
+    /// assert_eq!(layout.ext_slots(124), 0); // fits the log region (half a 4 KiB lane)
+    /// assert_eq!(layout.ext_slots(300), 176);
     /// # Ok(())
     /// # }
     /// ```
@@ -1275,8 +1275,11 @@ pub struct RecoveryReport {
 /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
 /// let stats = unsafe { lane.commit(&pool, &mut ctx, &entries)? };
 /// assert_eq!((stats.seq, stats.entries, stats.slots, stats.ext_slots), (1, 2, 2, 0));
-/// assert_eq!(stats.target_lines, 1); // both words share a line
-/// assert_eq!(stats.drains, 2);
+/// assert_eq!(stats.target_lines, 0); // applied, flushed by the lane's next commit
+/// assert_eq!(stats.drains, 1);
+/// // SAFETY: as above.
+/// let next = unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root + 64, 3)])? };
+/// assert_eq!(next.deferred_lines, 1); // both words of the first commit share a line
 /// assert_eq!(ctx.counters().drains, 2);
 /// # Ok(())
 /// # }
@@ -1696,9 +1699,9 @@ fn outside(start: u64, end: u64, holes: &[(u64, u64)], mut f: impl FnMut(u64, u6
 ///     // SAFETY: this thread owns the root area; one RedoLogs per pool.
 ///     unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
 /// }
-/// assert_eq!(logs.pending_invalidations(), 1);
+/// assert_eq!((logs.live_logs(), logs.pending_invalidations()), (1, 0)); // applied, not flushed
 /// logs.sync_invalidations(&pool, &mut ctx)?; // before writing `root` by other means
-/// assert_eq!(logs.pending_invalidations(), 0);
+/// assert_eq!((logs.live_logs(), logs.pending_invalidations()), (0, 0));
 /// # Ok(())
 /// # }
 /// ```
@@ -1736,7 +1739,8 @@ impl RedoLogs {
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
     /// let root = pool.geometry().root_offset;
     /// let mut ctx = pool.flush_context();
-    /// // Crash just after the commit point (drain #1), before the values are durable.
+    /// // Crash after the commit point (the first drain), before the values are durable: at
+    /// // the next commit's drain, which would have made them durable.
     /// let image = std::sync::Arc::new(std::sync::Mutex::new(None));
     /// let slot = image.clone();
     /// sim.set_crash_hook(move |cp| {
@@ -1747,6 +1751,8 @@ impl RedoLogs {
     /// let mut lane = logs.lane(0).unwrap();
     /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
     /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 99)])? };
+    /// // SAFETY: as above.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root + 64, 1)])? };
     /// sim.clear_crash_hook();
     /// let image = image.lock().unwrap().take().unwrap();
     /// let (mut crashed, _) = Pool::open_simulated(&image, &OpenOptions::new("doc"))?;
@@ -2009,7 +2015,8 @@ impl RedoLogs {
         self.shared.seq.load(Ordering::Relaxed)
     }
 
-    /// Number of lanes whose last invalidation is not yet known to be durable.
+    /// Number of log regions (two per lane) whose last invalidation is not yet known to be
+    /// durable.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -2023,10 +2030,13 @@ impl RedoLogs {
     /// let (mut a, mut b) = (logs.lane(0).unwrap(), logs.lane(1).unwrap());
     /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
     /// unsafe { a.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
-    /// assert_eq!(logs.pending_invalidations(), 1); // lane 0's invalidation is not flushed
+    /// assert_eq!(logs.pending_invalidations(), 0); // the log is live (applied, not flushed)
     /// // SAFETY: as above.
-    /// unsafe { b.commit(&pool, &mut ctx, &[RedoEntry::new(root + 8, 2)])? };
-    /// assert_eq!(logs.pending_invalidations(), 1); // b's commit made lane 0's durable
+    /// unsafe { a.commit(&pool, &mut ctx, &[RedoEntry::new(root + 64, 2)])? };
+    /// assert_eq!(logs.pending_invalidations(), 1); // the first one invalidated, not flushed
+    /// // SAFETY: as above.
+    /// unsafe { b.commit(&pool, &mut ctx, &[RedoEntry::new(root + 128, 3)])? };
+    /// assert_eq!(logs.pending_invalidations(), 0); // b's drain made it durable
     /// # Ok(())
     /// # }
     /// ```
@@ -2249,7 +2259,7 @@ impl LaneLog {
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
     /// let lane = logs.lane(0).unwrap();
-    /// assert_eq!(lane.capacity(), ((16 << 10) - 64) / 16); // default 16 KiB lanes
+    /// assert_eq!(lane.capacity(), ((8 << 10) - 64) / 16); // half of a default 16 KiB lane
     /// # Ok(())
     /// # }
     /// ```
@@ -2368,13 +2378,13 @@ impl LaneLog {
     /// let ranges = [RedoRange { target: root, data: &[1; 512] }];
     /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
     /// unsafe { lane.commit_ops(&pool, &mut ctx, &[], &ranges)? };
-    /// assert_eq!((ctx.counters() - before).drains, 2); // exactly two drains
+    /// assert_eq!((ctx.counters() - before).drains, 1); // one drain: the commit point
     /// // More than the lane holds, and no extension: refused.
     /// let big = vec![0u8; 16 << 10];
     /// let ranges = [RedoRange { target: root, data: &big }];
     /// // SAFETY: as above.
     /// let err = unsafe { lane.commit_ops(&pool, &mut ctx, &[], &ranges) };
-    /// assert!(matches!(err, Err(AllocError::LogFull { needed: 1025, capacity: 1020 })));
+    /// assert!(matches!(err, Err(AllocError::LogFull { needed: 1025, capacity: 508 })));
     /// # Ok(())
     /// # }
     /// ```
@@ -2427,19 +2437,19 @@ impl LaneLog {
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
     /// let (area, _) = logs.layout().extension_area();
-    /// // Here nothing else uses the heap's data area: take its first 4 KiB as the extension
+    /// // Here nothing else uses the heap's data area: take its first 16 KiB as the extension
     /// // (with a `Heap`, reserve a block instead) and store 16 KiB after it.
-    /// let ext = (area, 4096);
-    /// let target = area + 4096;
+    /// let ext = (area, 16 << 10);
+    /// let target = area + (16 << 10);
     /// let data = vec![7u8; 16 << 10];
     /// let ranges = [RedoRange { target, data: &data }];
     /// let mut lane = logs.lane(0).unwrap();
     /// let need = logs.layout().ext_slots(slots_needed(0, &ranges));
-    /// assert_eq!(need, 5); // 1025 slots, 1020 in the lane
+    /// assert_eq!(need, 517); // 1025 slots, 508 in the lane's log region
     /// let mut ctx = pool.flush_context();
     /// // SAFETY: this thread owns `ext` and the target range; one RedoLogs per pool.
     /// let stats = unsafe { lane.commit_ops_ext(&pool, &mut ctx, &[], &ranges, Some(ext))? };
-    /// assert_eq!(stats.ext_slots, 5);
+    /// assert_eq!((stats.ext_slots, stats.drains), (517, 2)); // an extension: values made durable
     /// let mut back = vec![0u8; data.len()];
     /// // SAFETY: as above.
     /// unsafe { pool.read(target, &mut back) };
