@@ -1409,14 +1409,14 @@ impl Shared {
         Shared::set_bit(&self.summary, lane);
     }
 
-    /// Flushes the header line of every slot (of every lane except `skip`) with a pending
-    /// invalidation and records `(lane, slot, token)` in `covered`, for
-    /// [`Shared::clear_covered`] after the drain.
+    /// Flushes the header line of every log region (except `skip`, `(lane, slot)`: the one
+    /// the caller overwrites) with a pending invalidation and records `(lane, slot, token)` in
+    /// `covered`, for [`Shared::clear_covered`] after the drain.
     fn flush_pending(
         &self,
         pool: &Pool,
         ctx: &mut FlushContext,
-        skip: Option<u32>,
+        skip: Option<(u32, u32)>,
         covered: &mut Vec<(u32, u32, u64)>,
     ) {
         covered.clear();
@@ -1425,10 +1425,10 @@ impl Shared {
             while bits != 0 {
                 let lane = (w * 64) as u32 + bits.trailing_zeros();
                 bits &= bits - 1;
-                if Some(lane) == skip {
-                    continue;
-                }
                 for slot in 0..LOG_SLOTS {
+                    if Some((lane, slot)) == skip {
+                        continue;
+                    }
                     // Acquire: the invalidation store happens-before the token store, so the
                     // line flushed below holds the zero or something later.
                     let token = self.lanes[lane as usize].pending[slot as usize]
@@ -2572,9 +2572,10 @@ impl LaneLog {
         sh.help(pool, ctx, Some(lane), Some((&self.lines, mask)), &mut self.helped);
         let helped_lines: usize = self.helped.iter().map(|h| h.log.lines.len()).sum();
         let helped_count = self.helped.len();
-        // 1d. Pending invalidations of other lanes (ours: slot `slot` is overwritten by our
-        // header, slot `prev_slot` is invalidated below).
-        sh.flush_pending(pool, ctx, Some(lane), &mut self.covered);
+        // 1d. Pending invalidations of every log region but the one we overwrite (our
+        // header replaces it): this commit's values must not outlive its log while an older
+        // log sharing a word may still be valid (§6.3), whatever lane it is in.
+        sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
 
         // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
         // count) word last.
@@ -2667,6 +2668,7 @@ impl LaneLog {
             unsafe { pool.write(r.target, r.data) };
         }
         let mut drains = 1;
+        let mut pending_lines = self.covered.len();
         let mut target_lines = deferred_lines + helped_lines;
         if deferred {
             // 5. The values stay in the cache: the log is live until our next commit (or a
@@ -2682,10 +2684,16 @@ impl LaneLog {
         } else {
             // 5'. A large log or one with an extension: make the values durable now (drain
             // #2) and invalidate the log, as without deferral.
+            // The invalidations stored since the first drain (our previous log's, the helped
+            // logs') must be durable before ours can be: flush them with the values.
+            let pending_before = self.covered.len();
             for &line in &self.lines {
                 pool.flush(ctx, line, CACHE_LINE);
             }
+            sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
             pool.drain(ctx)?;
+            sh.clear_covered(&self.covered);
+            pending_lines = pending_before + self.covered.len();
             drains = 2;
             target_lines += self.lines.len();
             if prev.is_some() {
@@ -2712,7 +2720,7 @@ impl LaneLog {
             target_lines,
             deferred_lines,
             helped: helped_count,
-            pending_lines: self.covered.len(),
+            pending_lines,
             drains,
         })
     }

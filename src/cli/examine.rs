@@ -16,7 +16,8 @@
 use bytemuck::pod_read_unaligned;
 use pmstore::alloc::heap::CHUNK;
 use pmstore::alloc::redo::{
-    decode_log, Invalid, LogState, RecoveryReport, RedoHeader, RedoLayout, REDO_HEADER_SIZE,
+    decode_log, Invalid, LogState, RecoveryReport, RedoHeader, RedoLayout, LOG_SLOTS,
+    REDO_HEADER_SIZE,
 };
 use pmstore::alloc::{AllocError, Heap};
 use pmstore::pool::{ModeRequest, OpenOptions, Pool, PoolError, PoolHeader};
@@ -112,7 +113,8 @@ pub struct Logs {
     /// Highest sequence number of a valid log (0 if none).
     pub max_seq: u64,
     /// The lanes that are not empty, with their state.
-    pub lanes: Vec<(u32, LaneState)>,
+    /// `(lane, slot, state)` of every non-empty log region.
+    pub lanes: Vec<(u32, u32, LaneState)>,
 }
 
 /// What was examined: the file, a recovered copy, or (heap and root) nothing.
@@ -376,9 +378,9 @@ fn classify_logs(pool: &Pool) -> Result<(Logs, Vec<Finding>), String> {
     logs.capacity = layout.capacity();
     let mut findings = Vec::new();
     let mut region = vec![0u8; layout.log_size() as usize];
-    let mut seqs: Vec<(u64, u32)> = Vec::new();
-    for lane in 0..layout.lane_count() {
-        let off = layout.log_offset(lane);
+    let mut seqs: Vec<(u64, u32, u32)> = Vec::new();
+    for (lane, slot) in (0..layout.lane_count()).flat_map(|l| (0..LOG_SLOTS).map(move |s| (l, s))) {
+        let off = layout.slot_offset(lane, slot);
         // SAFETY: read-only mapping under a shared lock (see `Examination::read`).
         unsafe { pool.read(off, &mut region) };
         let header: RedoHeader = pod_read_unaligned(&region[..REDO_HEADER_SIZE as usize]);
@@ -424,7 +426,7 @@ fn classify_logs(pool: &Pool) -> Result<(Logs, Vec<Finding>), String> {
                 logs.valid += 1;
                 logs.largest_slots = logs.largest_slots.max(*slots);
                 logs.max_seq = logs.max_seq.max(*seq);
-                seqs.push((*seq, lane));
+                seqs.push((*seq, lane, slot));
             }
             LaneState::Corrupt(msg) => {
                 logs.corrupt += 1;
@@ -433,12 +435,12 @@ fn classify_logs(pool: &Pool) -> Result<(Logs, Vec<Finding>), String> {
                     lane: Some(lane),
                     chunk: None,
                     offset: Some(off),
-                    message: format!("lane {lane}: {msg}"),
+                    message: format!("lane {lane} slot {slot}: {msg}"),
                 });
             }
         }
         if !matches!(state, LaneState::Empty) {
-            logs.lanes.push((lane, state));
+            logs.lanes.push((lane, slot, state));
         }
     }
     seqs.sort_unstable();
@@ -448,11 +450,11 @@ fn classify_logs(pool: &Pool) -> Result<(Logs, Vec<Finding>), String> {
                 area: "logs",
                 lane: Some(w[1].1),
                 chunk: None,
-                offset: Some(layout.log_offset(w[1].1)),
+                offset: Some(layout.slot_offset(w[1].1, w[1].2)),
                 message: format!(
-                    "lane {}: valid log with sequence number {} also used by lane {} \
-                     (replay order undefined)",
-                    w[1].1, w[1].0, w[0].1
+                    "lane {} slot {}: valid log with sequence number {} also used by lane {} \
+                     slot {} (replay order undefined)",
+                    w[1].1, w[1].2, w[1].0, w[0].1, w[0].2
                 ),
             });
         }

@@ -68,18 +68,18 @@ pub fn logs_json(l: &Logs) -> Value {
     let lanes: Vec<Value> = l
         .lanes
         .iter()
-        .map(|(lane, s)| match s {
+        .map(|(lane, slot, s)| match s {
             LaneState::Valid {
                 seq,
                 slots,
                 words,
                 ranges,
-            } => json!({"lane": lane, "state": s.name(), "seq": seq, "slots": slots,
-                        "words": words, "ranges": ranges}),
+            } => json!({"lane": lane, "slot": slot, "state": s.name(), "seq": seq,
+                        "slots": slots, "words": words, "ranges": ranges}),
             LaneState::Invalid(why) | LaneState::Corrupt(why) => {
-                json!({"lane": lane, "state": s.name(), "reason": why})
+                json!({"lane": lane, "slot": slot, "state": s.name(), "reason": why})
             }
-            LaneState::Empty => json!({"lane": lane, "state": s.name()}),
+            LaneState::Empty => json!({"lane": lane, "slot": slot, "state": s.name()}),
         })
         .collect();
     json!({
@@ -196,10 +196,10 @@ pub fn examination_json(path: &Path, ex: &Examination, list_blocks: bool) -> Val
     })
 }
 
-/// `64 lanes of 16.0 KiB (1020 slots each): 63 empty, 1 invalid, 0 valid, 0 corrupt`.
+/// `64 lanes of 16.0 KiB (2 logs of 508 slots each): 127 empty, 1 invalid, 0 valid, 0 corrupt`.
 pub fn logs_line(l: &Logs) -> String {
     format!(
-        "{} lanes of {} ({} slots each): {} empty, {} invalid, {} valid, {} corrupt",
+        "{} lanes of {} (2 logs of {} slots each): {} empty, {} invalid, {} valid, {} corrupt",
         l.lane_count,
         human_short(u64::from(l.lane_size)),
         l.capacity,
@@ -214,21 +214,21 @@ pub fn logs_line(l: &Logs) -> String {
 pub fn lane_lines(l: &Logs) -> Vec<String> {
     l.lanes
         .iter()
-        .map(|(lane, s)| match s {
+        .map(|(lane, slot, s)| match s {
             LaneState::Valid {
                 seq,
                 slots,
                 words,
                 ranges,
             } => format!(
-                "lane {lane}: valid log, seq {seq}, {slots} slots ({words} words, {ranges} \
-                 ranges): replayed at the next open"
+                "lane {lane} slot {slot}: valid log, seq {seq}, {slots} slots ({words} words, \
+                 {ranges} ranges): replayed at the next open"
             ),
             LaneState::Invalid(why) => {
-                format!("lane {lane}: torn log ({why}): cleared at the next open")
+                format!("lane {lane} slot {slot}: torn log ({why}): cleared at the next open")
             }
-            LaneState::Corrupt(why) => format!("lane {lane}: {why}"),
-            LaneState::Empty => format!("lane {lane}: empty"),
+            LaneState::Corrupt(why) => format!("lane {lane} slot {slot}: {why}"),
+            LaneState::Empty => format!("lane {lane} slot {slot}: empty"),
         })
         .collect()
 }

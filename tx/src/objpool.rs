@@ -99,6 +99,18 @@ pub struct Pool {
     recovery: RecoveryReport,
 }
 
+impl Drop for Pool {
+    /// Makes the last commits' values durable and their logs invalid (`docs/REDO.md` §4:
+    /// each lane's last log is live until then), so that the next open replays nothing. A
+    /// failure here loses nothing: the logs stay valid and the next open replays them.
+    fn drop(&mut self) {
+        if !self.raw.is_read_only() && !self.raw.is_poisoned() {
+            let mut ctx = self.raw.flush_context();
+            let _ = self.heap.redo_logs().sync_invalidations(&self.raw, &mut ctx);
+        }
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
