@@ -256,7 +256,7 @@ fn check_a_fresh_pool() {
     assert_eq!(v["pool"]["layout"], "fresh");
     assert_eq!(v["pool"]["pool_size"], 8u64 << 20);
     assert_eq!(v["logs"]["lanes"], 64);
-    assert_eq!(v["logs"]["empty"], 64);
+    assert_eq!(v["logs"]["empty"], 128); // two log regions per lane
     assert_eq!(v["logs"]["valid"], 0);
     let heap = &v["heap"];
     assert!(heap["chunks"].as_u64().unwrap() > 0);
@@ -326,7 +326,7 @@ fn check_stats_and_dump_root_of_a_pool_with_data() {
     assert_eq!(class(1024)["blocks"], 3);
     assert_eq!(class(1024)["runs"], 1);
     assert_eq!(v["heap"]["bytes_allocated"], data.bytes);
-    assert_eq!(v["logs"]["empty"], 64);
+    assert_eq!(v["logs"]["empty"], 128);
     assert_eq!(v["root"]["offset"], data.root);
     let (code, out, _) = pmstore_ro(p, &["stats", ps]);
     assert_eq!(code, 0);
@@ -383,7 +383,7 @@ fn check_reports_a_pending_valid_log_and_examines_the_recovered_state() {
     });
     let (code, out, err) = pmstore_ro(p, &["check", ps]);
     assert_eq!(code, 10, "{out}{err}");
-    assert!(out.contains("lane 5: valid log, seq 1000"), "{out}");
+    assert!(out.contains("lane 5 slot 0: valid log, seq 1000"), "{out}");
     assert!(out.contains("in-memory copy"), "{out}");
     let (code, out, _) = pmstore_ro(p, &["check", ps, "--json"]);
     assert_eq!(code, 10);

@@ -2049,9 +2049,9 @@ impl RedoLogs {
             .count()
     }
 
-    /// Number of lanes with a live log: committed, its values applied with ordinary stores
-    /// but not yet flushed (the lane's next commit, a conflicting commit of another lane, or
-    /// [`RedoLogs::sync_invalidations`] flushes them; `docs/REDO.md` §4).
+    /// The target lines (pool offsets) of every live log — committed, its values applied
+    /// with ordinary stores but not yet flushed (the lane's next commit, a conflicting commit
+    /// of another lane, or [`RedoLogs::sync_invalidations`] flushes them; `docs/REDO.md` §4).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -2065,9 +2065,43 @@ impl RedoLogs {
     /// let mut lane = logs.lane(0).unwrap();
     /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
     /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
-    /// assert_eq!(logs.live_logs(), 1);
+    /// assert_eq!(logs.live_lines(), vec![root]); // the root area's first line
     /// logs.sync_invalidations(&pool, &mut ctx)?;
-    /// assert_eq!(logs.live_logs(), 0);
+    /// assert!(logs.live_lines().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn live_lines(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .shared
+            .lanes
+            .iter()
+            .filter_map(|l| {
+                l.snapshot()
+                    .filter(|log| log.seq > l.resolved.load(Ordering::Acquire))
+            })
+            .flat_map(|log| log.lines)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Number of lanes with a live log (see [`RedoLogs::live_lines`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = logs.lane(1).unwrap();
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+    /// assert_eq!(logs.live_logs(), 1);
     /// # Ok(())
     /// # }
     /// ```
@@ -2121,8 +2155,12 @@ impl RedoLogs {
         let sh = &*self.shared;
         sh.check_pool(pool);
         let mut helped = Vec::new();
+        let mut covered = Vec::new();
         sh.help(pool, ctx, None, None, &mut helped);
         if !helped.is_empty() {
+            // The invalidations already stored (older logs') must be durable before the
+            // helped logs' ones can be (§6.3): flush them with the helped logs' values.
+            sh.flush_pending(pool, ctx, None, &mut covered);
             let r = pool.drain(ctx);
             if r.is_err() {
                 for h in helped.drain(..) {
@@ -2132,9 +2170,9 @@ impl RedoLogs {
                 }
             }
             r?;
+            sh.clear_covered(&covered);
             sh.finish_help(pool, &mut helped);
         }
-        let mut covered = Vec::new();
         sh.flush_pending(pool, ctx, None, &mut covered);
         pool.drain(ctx)?;
         sh.clear_covered(&covered);

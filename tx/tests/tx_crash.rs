@@ -510,7 +510,9 @@ impl Harness {
         let opts = CreateOptions::new(L, 8 << 20).lanes(LANES, 16 << 10);
         let (raw, sim) = RawPool::create_simulated(&opts).unwrap();
         let g = raw.geometry();
-        let lane_headers = (0..g.lane_count).map(|i| g.lane_offset(i)).collect();
+        let lane_headers = (0..g.lane_count)
+            .flat_map(|i| [g.lane_offset(i), g.lane_offset(i) + u64::from(g.lane_size) / 2])
+            .collect();
         let pool = Pool::from_raw(raw).unwrap();
         let initial = observe_strict(&pool).unwrap();
         assert_eq!(initial, State::NoRoot);
@@ -568,13 +570,16 @@ impl Harness {
             );
         }
         self.states.push(st);
-        // Missing-flush detector: only lane log headers may be dirty and unflushed (the
-        // invalidation store of the last commit, flushed by the next commit or by
-        // `sync_invalidations`); nothing is flushed and not drained.
+        // Missing-flush detector: only log headers (an invalidation store, flushed by a later
+        // commit or by `sync_invalidations`) and the target lines of live logs (applied, not
+        // yet flushed: REDO.md §4) may be dirty and unflushed; nothing is flushed and not
+        // drained.
+        let live = self.pool.heap().redo_logs().live_lines();
         self.sim.with_crash_point(|cp| {
             for l in &cp.in_flight {
                 assert!(
-                    self.lane_headers.contains(&l.offset) && !l.flushed,
+                    (self.lane_headers.contains(&l.offset) || live.contains(&l.offset))
+                        && !l.flushed,
                     "{}: step {k}: line {:#x} in flight after the commit (flushed: {})",
                     self.name,
                     l.offset,
@@ -1040,7 +1045,20 @@ fn a_freed_block_reused_through_another_lane_keeps_its_new_contents() {
         .unwrap();
     assert_eq!((b.offset(), c.offset()), (a.offset() + 16, a.offset() + 32));
     assert_eq!(a.offset() / 64, c.offset() / 64, "one cache line");
-    let main_header = sim.unflushed_lines();
+    // The log regions whose header word is non-zero (valid logs: live or not yet invalidated).
+    let headers = |pool: &Pool| -> Vec<u64> {
+        let layout = *pool.heap().redo_logs().layout();
+        (0..layout.lane_count())
+            .flat_map(|l| (0..2).map(move |s| layout.slot_offset(l, s)))
+            .filter(|&off| {
+                let mut w = [0u8; 8];
+                // SAFETY: single-threaded here; a read of the pool's lanes.
+                unsafe { pool.raw().read(off, &mut w) };
+                w != [0; 8]
+            })
+            .collect()
+    };
+    let main_header = headers(&pool);
     // T1, on another thread (another lane): changes a[1] and c[0], frees b.
     let (t1_header, t1) = std::thread::scope(|s| {
         s.spawn(|| {
@@ -1052,17 +1070,18 @@ fn a_freed_block_reused_through_another_lane_keeps_its_new_contents() {
                 Ok::<_, TxError>(())
             })
             .unwrap();
-            (sim.unflushed_lines(), pool.last_commit())
+            (headers(&pool), pool.last_commit())
         })
         .join()
         .unwrap()
     });
-    assert_eq!(
-        t1_header.len(),
-        1,
-        "T1's invalidation is pending: {t1_header:x?}"
-    );
-    assert_ne!(t1_header, main_header, "T1 committed through another lane");
+    // T1's log is live: valid, its values applied but not flushed (REDO.md §4).
+    let t1_header: Vec<u64> = t1_header
+        .into_iter()
+        .filter(|h| !main_header.contains(h))
+        .collect();
+    assert_eq!(t1_header.len(), 1, "T1's log is valid: {t1_header:x?}");
+    assert!(pool.heap().redo_logs().live_logs() >= 1);
     println!("T1 (frees b between a and c, which it modifies): {t1:?}");
     assert_eq!((t1.frees, t1.logged), (1, true), "{t1:?}");
     // T2, on this thread: reuses b with new contents and links it.
@@ -1071,7 +1090,8 @@ fn a_freed_block_reused_through_another_lane_keeps_its_new_contents() {
     {
         let (seen, skip) = (Arc::clone(&seen), t1_header[0]);
         sim.set_crash_hook(move |cp: &CrashPoint<'_>| {
-            // Everything written back except T1's invalidation.
+            // Everything written back except T1's header line (its invalidation, once T2
+            // stored it): T1 stays valid.
             let img = cp.image_with(|i| cp.in_flight[i].offset != skip);
             let (raw, _) = RawPool::open_simulated(&img, &OpenOptions::new(L)).unwrap();
             let p = Pool::from_raw(raw).unwrap();
