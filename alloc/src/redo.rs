@@ -2173,10 +2173,11 @@ impl RedoLogs {
             sh.clear_covered(&covered);
             sh.finish_help(pool, &mut helped);
         }
+        let first = covered.len();
         sh.flush_pending(pool, ctx, None, &mut covered);
         pool.drain(ctx)?;
         sh.clear_covered(&covered);
-        Ok(covered.len())
+        Ok(first + covered.len())
     }
 }
 

@@ -34,7 +34,7 @@
 //!   allocates a new entry, points the slot at it and frees the old one.
 //!
 //! So an insert is one allocation, one 16-byte slot write and one 8-byte counter update, in
-//! one transaction (two drains); an overwrite is one allocation, one 8-byte slot write and one
+//! one transaction (one drain); an overwrite is one allocation, one 8-byte slot write and one
 //! free. (pmstore logs a new block whole, so the entry's bytes go through the redo log too:
 //! a 1 MiB value needs a 1 MiB log extension, i.e. that much free heap during its commit.)
 //!

@@ -321,8 +321,8 @@ impl Pool {
     ///     Ok::<_, TxError>(())
     /// })?;
     /// let cost = pool.counters() - before;
-    /// assert_eq!(cost.drains, 2); // the commit point, then the applied values
-    /// assert_eq!(cost.msync_calls, 2);
+    /// assert_eq!(cost.drains, 1); // the commit point (the values are flushed by the next one)
+    /// assert!((1..=2).contains(&cost.msync_calls)); // log + the previous commit's pages
     /// # Ok(())
     /// # }
     /// ```

@@ -15,10 +15,11 @@
 //! itself is crashed: every image of every drain of the recovery recovers again to the same
 //! result. Workloads: single-field update, multi-object update (4 objects), alloc + link, free +
 //! unlink, 8 ranges + alloc + free, 12 KiB, aborted (error, panic) then committed, nested, and
-//! transactions alternating between two threads (two lanes). After each committed transaction the missing-flush detector runs: nothing may be
-//! modified and unflushed except the committing lane's log header line (whose invalidation is
-//! deliberately not flushed, `docs/REDO.md` §4 step 6), and nothing at all after
-//! `sync_invalidations`.
+//! transactions alternating between two threads (two lanes). After each committed transaction
+//! the missing-flush detector runs: nothing may be flushed and not drained, and nothing may be
+//! modified and unflushed except log header lines (invalidations, deliberately not flushed)
+//! and the target lines of live logs (a commit's values, flushed by the lane's next commit:
+//! `docs/REDO.md` §4); nothing at all after `sync_invalidations`.
 //!
 //! Two deterministic regression tests pin down the bugs this exploration found (both fixed in
 //! 3b2b65e): `new_block_contents_are_durable_with_the_commit` and
