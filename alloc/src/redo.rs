@@ -1368,6 +1368,11 @@ struct Shared {
     live_summary: Box<[AtomicU64]>,
     /// Whether lane `i`'s [`LaneLog`] is handed out.
     claimed: Box<[AtomicBool]>,
+    /// Whether small commits leave their values unflushed until the next commit (deferred
+    /// apply, one drain; `docs/REDO.md` §4): in msync and simulated modes. With cache flushes
+    /// a commit makes its values durable before it returns (two drains), which measured
+    /// faster there (§8). `PMSTORE_DEFER_APPLY=0|1` overrides.
+    defer: bool,
 }
 
 /// A live log of another lane that a commit helps: it flushes the log's lines before its
@@ -1398,6 +1403,7 @@ impl Shared {
     /// Publishes the pending invalidation `seq` of `(lane, slot)`, after the zero store to its
     /// header word. The owner stores its own tokens; a helper only fills an empty token (a
     /// non-zero token of the same slot covers the same header line).
+    #[inline]
     fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool) {
         let t = &self.lanes[lane as usize].pending[slot as usize];
         // Release: the zero store happens-before any load that sees the token.
@@ -1425,18 +1431,16 @@ impl Shared {
             while bits != 0 {
                 let lane = (w * 64) as u32 + bits.trailing_zeros();
                 bits &= bits - 1;
+                let pending = &self.lanes[lane as usize].pending;
                 for slot in 0..LOG_SLOTS {
-                    if Some((lane, slot)) == skip {
-                        continue;
-                    }
                     // Acquire: the invalidation store happens-before the token store, so the
                     // line flushed below holds the zero or something later.
-                    let token = self.lanes[lane as usize].pending[slot as usize]
-                        .load(Ordering::Acquire);
-                    if token != 0 {
-                        pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
-                        covered.push((lane, slot, token));
+                    let token = pending[slot as usize].load(Ordering::Acquire);
+                    if token == 0 || Some((lane, slot)) == skip {
+                        continue;
                     }
+                    pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
+                    covered.push((lane, slot, token));
                 }
             }
         }
@@ -1491,16 +1495,18 @@ impl Shared {
                         && lines.map_or(true, |(mine, _)| live::overlap(mine, &log.lines))
                 });
                 match keep {
-                    Some(log) => {
-                        for &l in &log.lines {
-                            pool.flush(ctx, l, CACHE_LINE);
-                        }
-                        out.push(Helped { lane, log });
-                    }
+                    Some(log) => out.push(Helped { lane, log }),
                     None => {
                         st.helpers.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
+            }
+        }
+        // Flushed after every locked instruction above: a locked instruction waits for the
+        // write-backs in flight (REDO.md §8).
+        for h in out.iter() {
+            for &l in &h.log.lines {
+                pool.flush(ctx, l, CACHE_LINE);
             }
         }
     }
@@ -1910,6 +1916,7 @@ impl RedoLogs {
                 summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 live_summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+                defer: defer_apply(pool.persistence()),
             }),
         };
         Ok((logs, report))
@@ -1949,6 +1956,7 @@ impl RedoLogs {
             covered: Vec::new(),
             helped: Vec::new(),
             lines: Vec::new(),
+            plain: Vec::new(),
             stage: Vec::new(),
         })
     }
@@ -2213,6 +2221,8 @@ pub struct LaneLog {
     helped: Vec<Helped>,
     /// Scratch: target lines of the current commit.
     lines: Vec<u64>,
+    /// Scratch: target lines written with ordinary stores (flushed if not deferred).
+    plain: Vec<u64>,
     /// Scratch: the staging buffer of the slot writer (bounded: about [`STAGE`] bytes).
     stage: Vec<u8>,
 }
@@ -2568,47 +2578,60 @@ impl LaneLog {
         let prev_slot = 1 - slot;
         let off = sh.layout.slot_offset(lane, slot);
 
+        // Without deferral (cache-flush modes) no lane ever has a live log: nothing to wait
+        // for, help or flush from a previous commit, and this commit's lines are not needed.
+        let defer = sh.defer;
         // The lines this commit will store to (sorted, deduplicated) and their Bloom mask.
         self.lines.clear();
-        for e in entries {
-            self.lines.push(e.target & !(CACHE_LINE - 1));
-        }
-        for r in ranges {
-            let mut line = r.target & !(CACHE_LINE - 1);
-            while line < r.target + r.data.len() as u64 {
-                self.lines.push(line);
-                line += CACHE_LINE;
+        if defer {
+            for e in entries {
+                self.lines.push(e.target & !(CACHE_LINE - 1));
             }
+            for r in ranges {
+                let mut line = r.target & !(CACHE_LINE - 1);
+                while line < r.target + r.data.len() as u64 {
+                    self.lines.push(line);
+                    line += CACHE_LINE;
+                }
+            }
+            self.lines.sort_unstable();
+            self.lines.dedup();
         }
-        self.lines.sort_unstable();
-        self.lines.dedup();
-        let mask = live::mask_of(&self.lines);
         // Deferred: this commit's values stay unflushed until the lane's next commit (or a
         // helper). Only small logs without an extension: an extension is free again when the
         // commit returns, so its log must be stale by then (§6.6).
-        let deferred = ext_len == 0 && self.lines.len() <= MAX_LIVE_LINES;
+        let deferred = defer && ext_len == 0 && self.lines.len() <= MAX_LIVE_LINES;
 
         // 1a. No helper of this lane may still be at work on a log it read earlier: it
         // compare-exchanges that log's header word, which the slot we write may hold.
         // (SeqCst: pairs with the helpers' registration, live.rs.)
-        while me.helpers.load(Ordering::SeqCst) != 0 {
-            crate::primitive::yield_now();
-        }
-        // 1b. Our previous log: its values were applied, not flushed. Flush them now; this
-        // commit's drain makes them durable, and then the log may be invalidated.
-        let prev = me
-            .own()
-            .filter(|p| p.seq > me.resolved.load(Ordering::Acquire));
-        let mut deferred_lines = 0;
-        if let Some(p) = &prev {
-            for &l in &p.lines {
-                pool.flush(ctx, l, CACHE_LINE);
+        if defer {
+            while me.helpers.load(Ordering::SeqCst) != 0 {
+                crate::primitive::yield_now();
             }
-            deferred_lines = p.lines.len();
         }
-        // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
-        // invalidate them after the drain (before our values can outlive our log, §6.3).
-        sh.help(pool, ctx, Some(lane), Some((&self.lines, mask)), &mut self.helped);
+        // Every locked instruction of the commit comes before its first flush: a locked
+        // instruction waits for the write-backs in flight (REDO.md §8).
+        let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
+        let mut prev = None;
+        let mut deferred_lines = 0;
+        if defer {
+            // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
+            // invalidate them after the drain (before our values can outlive our log, §6.3).
+            let mask = live::mask_of(&self.lines);
+            sh.help(pool, ctx, Some(lane), Some((&self.lines, mask)), &mut self.helped);
+            // 1b. Our previous log: its values were applied, not flushed. Flush them now;
+            // this commit's drain makes them durable, and then the log may be invalidated.
+            prev = me
+                .own()
+                .filter(|p| p.seq > me.resolved.load(Ordering::Acquire));
+            if let Some(p) = &prev {
+                for &l in &p.lines {
+                    pool.flush(ctx, l, CACHE_LINE);
+                }
+                deferred_lines = p.lines.len();
+            }
+        }
         let helped_lines: usize = self.helped.iter().map(|h| h.log.lines.len()).sum();
         let helped_count = self.helped.len();
         // 1d. Pending invalidations of every log region but the one we overwrite (our
@@ -2618,7 +2641,6 @@ impl LaneLog {
 
         // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
         // count) word last.
-        let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
         let mut header = RedoHeader {
             checksum: 0,
             count: slots as u32, // <= u32::MAX: checked above (or <= capacity)
@@ -2679,7 +2701,9 @@ impl LaneLog {
             return Err(e.into());
         }
         if me.pending[slot as usize].load(Ordering::Relaxed) != 0 {
-            me.pending[slot as usize].store(0, Ordering::SeqCst);
+            // Release, not SeqCst: a plain store. (A locked instruction here would wait for
+            // the non-temporal stores of the log to complete, on top of the drain.)
+            me.pending[slot as usize].store(0, Ordering::Release);
         }
         sh.clear_covered(&self.covered);
         // Invalidate our previous log (its values are durable now), without a flush: whoever
@@ -2693,18 +2717,38 @@ impl LaneLog {
             unsafe { store_word(pool, poff, 0) };
             sh.publish_token(lane, prev_slot, p.seq, true);
         }
-        sh.finish_help(pool, &mut self.helped);
+        if !self.helped.is_empty() {
+            sh.finish_help(pool, &mut self.helped);
+        }
 
-        // 4. Apply: words, then ranges, with ordinary stores (nothing left in flight when we
-        // return: the caller's next locked instruction would wait for it, REDO.md §8).
+        // 4. Apply: words, then ranges. Deferred: ordinary stores, nothing flushed (nothing
+        // left in flight when we return: the caller's next locked instruction would wait for
+        // it, REDO.md §8). Otherwise as before deferral existed: a range's whole lines with
+        // non-temporal stores, the partial lines and the words with ordinary stores and a
+        // flush (step 5').
+        self.plain.clear();
+        let mut nt_lines = 0;
         for e in entries {
             // SAFETY: the caller owns every target word exclusively for the call; the target
             // was checked (aligned, inside the pool, not in the header or a lane).
             unsafe { store_word(pool, e.target, e.value) };
+            self.plain.push(e.target & !(CACHE_LINE - 1));
         }
         for r in ranges {
-            // SAFETY: as for the words: the caller owns the range; it was checked.
-            unsafe { pool.write(r.target, r.data) };
+            let (first, end) = (r.target, r.target + r.data.len() as u64);
+            if !deferred && end >= first.next_multiple_of(CACHE_LINE) + CACHE_LINE {
+                // SAFETY: as for the words: the caller owns the range; it was checked.
+                unsafe { pool.copy_nt_nodrain(ctx, r.target, r.data) };
+                nt_lines += (end.div_ceil(CACHE_LINE) - first / CACHE_LINE) as usize;
+            } else {
+                // SAFETY: as above.
+                unsafe { pool.write(r.target, r.data) };
+                let mut line = first & !(CACHE_LINE - 1);
+                while line < end {
+                    self.plain.push(line);
+                    line += CACHE_LINE;
+                }
+            }
         }
         let mut drains = 1;
         let mut pending_lines = self.covered.len();
@@ -2726,15 +2770,22 @@ impl LaneLog {
             // The invalidations stored since the first drain (our previous log's, the helped
             // logs') must be durable before ours can be: flush them with the values.
             let pending_before = self.covered.len();
-            for &line in &self.lines {
+            self.plain.sort_unstable();
+            self.plain.dedup();
+            for &line in &self.plain {
                 pool.flush(ctx, line, CACHE_LINE);
             }
-            sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
+            let stored = prev.is_some() || helped_count > 0;
+            if stored {
+                sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
+            }
             pool.drain(ctx)?;
-            sh.clear_covered(&self.covered);
-            pending_lines = pending_before + self.covered.len();
+            if stored {
+                sh.clear_covered(&self.covered);
+                pending_lines = pending_before + self.covered.len();
+            }
             drains = 2;
-            target_lines += self.lines.len();
+            target_lines += self.plain.len() + nt_lines;
             if prev.is_some() {
                 me.publish(None);
             }
@@ -2742,7 +2793,10 @@ impl LaneLog {
             unsafe { store_word(pool, off, 0) };
             sh.publish_token(lane, slot, seq, true);
         }
-        me.next_slot.store(prev_slot, Ordering::Relaxed);
+        // The next commit writes the other region only if this log is live (its values not
+        // yet durable); an invalidated log's region is reused, so that its pending
+        // invalidation is resolved by the next header instead of a flush.
+        me.next_slot.store(if deferred { prev_slot } else { slot }, Ordering::Relaxed);
         if self.stage.capacity() > 2 * STAGE {
             // A log never needs more (a large range goes around it); keep the lane small.
             self.stage = Vec::new();
@@ -2888,6 +2942,18 @@ impl SlotWriter<'_, '_> {
         unsafe { self.sink.write(ctx, self.stage) };
         self.sink.pos -= pad as u64;
         self.stage.clear();
+    }
+}
+
+/// Whether commits defer making their values durable in `mode` (`Shared::defer`).
+fn defer_apply(mode: pmstore_pool::PersistMode) -> bool {
+    match std::env::var("PMSTORE_DEFER_APPLY").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => !matches!(
+            mode,
+            pmstore_pool::PersistMode::ForcedFlush | pmstore_pool::PersistMode::MapSync
+        ),
     }
 }
 
