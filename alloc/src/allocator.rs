@@ -811,9 +811,10 @@ impl Heap {
     /// no reference to it is live), outside the heap metadata (checked) and not inside a block
     /// another thread may free meanwhile. After this returns, `dest` may be changed again by
     /// this heap's operations freely, but by other means (a plain store) only after
-    /// [`RedoLogs::sync_invalidations`] on [`Heap::redo_logs`], or after a later successful
-    /// `alloc`/`free` of this heap on the same thread (its commit makes every pending log
-    /// invalidation durable first, `docs/REDO.md` §4): until then a crash may replay this operation's log over it.
+    /// [`RedoLogs::sync_invalidations`] on [`Heap::redo_logs`]: until then a crash may replay
+    /// this operation's log over it (`docs/REDO.md` §4; with deferred apply the log stays
+    /// valid until the lane's next commit has made its values durable, and its invalidation
+    /// until a commit after that).
     ///
     /// # Errors
     /// [`AllocError::TooLarge`] if `size` exceeds the heap, [`AllocError::OutOfSpace`] if no
@@ -1044,7 +1045,7 @@ impl Heap {
     ///
     /// A log larger than the lane goes on in an extension: a block or span reserved for the
     /// commit and cancelled right after it (`docs/REDO.md` §2.4, §6.6), so the size of a
-    /// publication is bounded by the heap's free space only; still two drains.
+    /// publication is bounded by the heap's free space only; two drains.
     ///
     /// On success `reservations` is emptied (the blocks are allocated). On error nothing was
     /// written, the volatile state is unchanged and `reservations` is left as it was (still

@@ -1371,8 +1371,11 @@ struct Shared {
     /// Whether small commits leave their values unflushed until the next commit (deferred
     /// apply, one drain; `docs/REDO.md` §4): in msync and simulated modes. With cache flushes
     /// a commit makes its values durable before it returns (two drains), which measured
-    /// faster there (§8). `PMSTORE_DEFER_APPLY=0|1` overrides.
-    defer: bool,
+    /// faster there (§8). `PMSTORE_DEFER_APPLY=0|1` overrides;
+    /// [`RedoLogs::set_deferred_apply`] changes it.
+    defer: AtomicBool,
+    /// Whether any lane ever published a live record (until then no commit scans for them).
+    ever_live: AtomicBool,
 }
 
 /// A live log of another lane that a commit helps: it flushes the log's lines before its
@@ -1916,7 +1919,8 @@ impl RedoLogs {
                 summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 live_summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
-                defer: defer_apply(pool.persistence()),
+                defer: AtomicBool::new(defer_apply(pool.persistence())),
+                ever_live: AtomicBool::new(false),
             }),
         };
         Ok((logs, report))
@@ -2080,6 +2084,59 @@ impl RedoLogs {
     /// # }
     /// ```
     pub fn live_lines(&self) -> Vec<u64> {
+        self.live_lines_inner()
+    }
+
+    /// Whether small commits defer making their values durable to the lane's next commit
+    /// (one drain per commit instead of two; `docs/REDO.md` §4): by default in msync and
+    /// simulated modes, not with cache flushes (§8); `PMSTORE_DEFER_APPLY=0|1` at recovery
+    /// overrides the default.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{RedoEntry, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// logs.set_deferred_apply(false);
+    /// assert!(!logs.deferred_apply());
+    /// let mut ctx = pool.flush_context();
+    /// let root = pool.geometry().root_offset;
+    /// let mut lane = logs.lane(0).unwrap();
+    /// // SAFETY: this thread owns the root area; one RedoLogs per pool.
+    /// let stats = unsafe { lane.commit(&pool, &mut ctx, &[RedoEntry::new(root, 1)])? };
+    /// assert_eq!((stats.drains, logs.live_logs()), (2, 0)); // values durable on return
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deferred_apply(&self) -> bool {
+        self.shared.defer.load(Ordering::Relaxed)
+    }
+
+    /// Turns deferred apply on or off for the commits that start afterwards
+    /// ([`RedoLogs::deferred_apply`]). Live logs left by earlier commits are still made
+    /// durable by their lane's next commit (or a helper, or
+    /// [`RedoLogs::sync_invalidations`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::RedoLogs;
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// assert!(logs.deferred_apply()); // the simulated domain defers
+    /// logs.set_deferred_apply(false);
+    /// assert!(!logs.deferred_apply());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_deferred_apply(&self, on: bool) {
+        self.shared.defer.store(on, Ordering::Relaxed);
+    }
+
+    fn live_lines_inner(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self
             .shared
             .lanes
@@ -2578,12 +2635,14 @@ impl LaneLog {
         let prev_slot = 1 - slot;
         let off = sh.layout.slot_offset(lane, slot);
 
-        // Without deferral (cache-flush modes) no lane ever has a live log: nothing to wait
-        // for, help or flush from a previous commit, and this commit's lines are not needed.
-        let defer = sh.defer;
+        // Without deferral (cache-flush modes) no lane has a live log, unless deferral was
+        // on earlier: then nothing to wait for, help or flush from a previous commit, and this
+        // commit's lines are not needed.
+        let defer = sh.defer.load(Ordering::Relaxed);
+        let live = defer || sh.ever_live.load(Ordering::Acquire);
         // The lines this commit will store to (sorted, deduplicated) and their Bloom mask.
         self.lines.clear();
-        if defer {
+        if live {
             for e in entries {
                 self.lines.push(e.target & !(CACHE_LINE - 1));
             }
@@ -2605,7 +2664,7 @@ impl LaneLog {
         // 1a. No helper of this lane may still be at work on a log it read earlier: it
         // compare-exchanges that log's header word, which the slot we write may hold.
         // (SeqCst: pairs with the helpers' registration, live.rs.)
-        if defer {
+        if live {
             while me.helpers.load(Ordering::SeqCst) != 0 {
                 crate::primitive::yield_now();
             }
@@ -2615,7 +2674,7 @@ impl LaneLog {
         let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
         let mut prev = None;
         let mut deferred_lines = 0;
-        if defer {
+        if live {
             // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
             // invalidate them after the drain (before our values can outlive our log, §6.3).
             let mask = live::mask_of(&self.lines);
@@ -2764,6 +2823,9 @@ impl LaneLog {
             };
             me.publish(Some(&log));
             Shared::set_bit(&sh.live_summary, lane);
+            if !sh.ever_live.load(Ordering::Relaxed) {
+                sh.ever_live.store(true, Ordering::Release);
+            }
         } else {
             // 5'. A large log or one with an extension: make the values durable now (drain
             // #2) and invalidate the log, as without deferral.

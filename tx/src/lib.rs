@@ -54,10 +54,12 @@
 //! go into **one redo log** in the committing thread's lane, together with the allocator's
 //! bitmap and chunk-header updates for the transaction's allocations and frees. The log is
 //! checksummed (CRC-32C) and sequence-numbered, so it needs no zeroing pass: drain #1 makes it
-//! durable (the commit point), the values are then stored (non-temporal stores for runs of 256
-//! bytes or more) and drain #2 makes them durable. That is **two drains per transaction
-//! whatever it contains**, one flush per modified cache line, and in msync mode two `msync`
-//! calls per small transaction (formats: `docs/REDO.md`; design: `docs/TX.md`).
+//! durable (the commit point). With cache flushes the values are then stored (non-temporal
+//! stores for whole lines) and drain #2 makes them durable: **two drains per transaction
+//! whatever it contains**, one flush per modified cache line. In msync mode a small
+//! transaction's values are stored with ordinary stores and made durable by the lane's next
+//! commit (deferred apply): **one `msync` per transaction** (formats: `docs/REDO.md`; design:
+//! `docs/TX.md`).
 //!
 //! A forgotten snapshot cannot happen: there is no way to obtain `&mut` into pool memory.
 //!

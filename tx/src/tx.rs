@@ -112,7 +112,7 @@ pub struct CommitInfo {
 ///   snapshot to forget and nothing to roll back.
 /// * Commit writes one redo log holding the modified words of every shadow and the
 ///   allocator's updates for its allocations and frees, then applies it: all or nothing
-///   across crashes, with two drains.
+///   across crashes, with two drains (one in msync mode: deferred apply, `docs/REDO.md` §4).
 /// * Locks are held until the transaction ends (strict two-phase locking): transactions are
 ///   serializable.
 ///

@@ -398,8 +398,8 @@ fn nested_success_merges_into_the_outer_commit() {
         .unwrap();
     let d = pool.counters() - c0;
     assert_eq!(
-        d.drains, 1,
-        "one commit (one drain) for the outer and inner transactions"
+        d.drains, 2,
+        "one commit (two drains with cache flushes) for the outer and inner transactions"
     );
     let info = pool.last_commit();
     assert_eq!((info.allocs, info.frees, info.logged), (2, 0, true));
@@ -1028,12 +1028,11 @@ fn commit_costs_in_forced_flush_mode() {
     let (pool, root) = warm(dir.path(), ModeRequest::Flush);
     let (a, b) = two_objects(&pool, root);
 
-    // One u64: 1 drain; lines written back (flushed, or written with non-temporal stores) =
-    // the log's lines + the previous commit's data line (each commit's values are flushed
-    // by the lane's next commit: REDO.md §4). The range is the changed word (8 bytes: 3 lines
-    // in all, header + one body line + data) or, since c9f0dce, its whole line (64 bytes: 4
-    // lines, the body being 16 + 64 bytes). A first identical commit makes the previous
-    // commit's data one line.
+    // One u64: 2 drains (cache flushes: the commit makes its values durable itself, REDO.md
+    // §4); lines written back (flushed, or written with non-temporal stores) = the log's
+    // lines + the data line. The range is the changed word (8 bytes: 3 lines in all, header +
+    // one body line + data) or, since c9f0dce, its whole line (64 bytes: 4 lines, the body
+    // being 16 + 64 bytes).
     pool.transaction(|tx| {
         *tx.get_mut(pfield!(a, Obj, y))? = 4241;
         Ok::<_, TxError>(())
@@ -1047,7 +1046,7 @@ fn commit_costs_in_forced_flush_mode() {
     .unwrap();
     let d = pool.counters() - c0;
     let info = pool.last_commit();
-    assert_eq!(d.drains, 1, "{d:?}");
+    assert_eq!(d.drains, 2, "{d:?}");
     assert_eq!(
         (info.ranges, info.allocs, info.frees, info.logged),
         (1, 0, 0, true)
@@ -1070,7 +1069,7 @@ fn commit_costs_in_forced_flush_mode() {
     })
     .unwrap();
     let d = pool.counters() - c0;
-    assert_eq!(d.drains, 1, "{d:?}");
+    assert_eq!(d.drains, 2, "{d:?}");
     assert_eq!((pool.last_commit(), written_lines(d)), one);
 
     // Nothing changed: no drain, nothing flushed, no log.
@@ -1094,7 +1093,7 @@ fn commit_costs_in_forced_flush_mode() {
     );
     assert_eq!(pool.last_commit(), CommitInfo::default(), "no log written");
 
-    // Alloc + link: 1 drain.
+    // Alloc + link: 2 drains.
     let c0 = pool.counters();
     let n = pool
         .transaction(|tx| {
@@ -1106,7 +1105,7 @@ fn commit_costs_in_forced_flush_mode() {
             Ok::<_, TxError>(n)
         })
         .unwrap();
-    assert_eq!((pool.counters() - c0).drains, 1);
+    assert_eq!((pool.counters() - c0).drains, 2);
     let info = pool.last_commit();
     // The root's head word and the new node (whole) are logged, possibly widened to their
     // lines (new blocks written directly, not logged, lost their contents in crash images:
@@ -1121,8 +1120,7 @@ fn commit_costs_in_forced_flush_mode() {
         "{info:?}"
     );
 
-    // 8 ranges of 512 B in 8 objects + 1 alloc + 1 free: 2 drains (more than 24 target
-    // lines: the values are made durable before the commit returns).
+    // 8 ranges of 512 B in 8 objects + 1 alloc + 1 free: still 2 drains.
     let bigs: Vec<PPtr<Big>> = pool
         .transaction(|tx| {
             let mut v = Vec::new();
@@ -1201,6 +1199,7 @@ fn commit_costs_in_msync_mode() {
     })
     .unwrap();
     let d = pool.counters() - c0;
+    // Msync mode defers: one drain, one msync of the log's and the previous commit's pages.
     assert_eq!(d.drains, 1, "{d:?}");
     assert_eq!(d.msync_calls, 1, "{d:?}");
     println!("msync mode, one u64: {d:?}");
