@@ -1784,7 +1784,14 @@ impl RedoLogs {
         let mut extensions_read = 0;
         for lane in 0..layout.lane_count {
             for slot in 0..LOG_SLOTS {
-                match read_log(pool, lane, slot, &layout, &mut scratch, &mut extensions_read)? {
+                match read_log(
+                    pool,
+                    lane,
+                    slot,
+                    &layout,
+                    &mut scratch,
+                    &mut extensions_read,
+                )? {
                     Read::Empty => {}
                     Read::Invalid => invalid.push((lane, slot)),
                     Read::Valid(f) => {
@@ -2678,7 +2685,13 @@ impl LaneLog {
             // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
             // invalidate them after the drain (before our values can outlive our log, §6.3).
             let mask = live::mask_of(&self.lines);
-            sh.help(pool, ctx, Some(lane), Some((&self.lines, mask)), &mut self.helped);
+            sh.help(
+                pool,
+                ctx,
+                Some(lane),
+                Some((&self.lines, mask)),
+                &mut self.helped,
+            );
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
             prev = me
@@ -2858,7 +2871,8 @@ impl LaneLog {
         // The next commit writes the other region only if this log is live (its values not
         // yet durable); an invalidated log's region is reused, so that its pending
         // invalidation is resolved by the next header instead of a flush.
-        me.next_slot.store(if deferred { prev_slot } else { slot }, Ordering::Relaxed);
+        me.next_slot
+            .store(if deferred { prev_slot } else { slot }, Ordering::Relaxed);
         if self.stage.capacity() > 2 * STAGE {
             // A log never needs more (a large range goes around it); keep the lane small.
             self.stage = Vec::new();

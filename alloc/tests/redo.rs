@@ -172,7 +172,11 @@ fn commit_applies_all_words(mode: ModeRequest, defer: bool) {
         let valid = (0..2)
             .filter(|&s| read_word(&pool, layout.slot_offset(lane.lane(), s)) != 0)
             .count();
-        assert_eq!(valid, usize::from(deferred), "n = {n}: only a live log is valid");
+        assert_eq!(
+            valid,
+            usize::from(deferred),
+            "n = {n}: only a live log is valid"
+        );
         assert_eq!(logs.live_logs(), usize::from(deferred));
         assert_eq!(stats.seq + 1, logs.next_seq());
     }

@@ -85,7 +85,8 @@ fn split_ranges(target: u64, data: &[u8]) -> Vec<RedoRange<'_>> {
 /// (still there after the invalidation, which zeroes only the first word).
 /// `(ext, ext_len)` of the lane's newest log header (of its two slots, the higher `seq`).
 fn last_ext(pool: &Pool, lane: u32) -> (u64, u64) {
-    let slot = |s: u64| pool.geometry().lane_offset(lane) + s * (u64::from(pool.geometry().lane_size) / 2);
+    let slot =
+        |s: u64| pool.geometry().lane_offset(lane) + s * (u64::from(pool.geometry().lane_size) / 2);
     let seq = |s: u64| u64::from_le_bytes(bytes(pool, slot(s) + 8, 8).try_into().unwrap());
     let newest = if seq(1) > seq(0) { slot(1) } else { slot(0) };
     let b = bytes(pool, newest + 16, 16);
@@ -316,7 +317,11 @@ fn commit_ops_ext_checks_its_extension_before_writing() {
     assert_eq!((s.slots, s.ext_slots), (capacity + 102, 102));
     assert_eq!(s.drains, 2);
     assert_eq!(c.drains, 2);
-    assert_eq!(s.log_lines, (8 << 10) / 64, "the whole log region (half the lane)");
+    assert_eq!(
+        s.log_lines,
+        (8 << 10) / 64,
+        "the whole log region (half the lane)"
+    );
     assert_eq!(s.ext_lines, (102 * 16usize).div_ceil(64));
     assert_eq!(
         (c.lines_flushed + c.nt_bytes / 64) as usize,

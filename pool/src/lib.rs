@@ -40,8 +40,8 @@ pub mod sim;
 pub use error::{PoolError, Result};
 pub use header::{
     Geometry, PoolHeader, CACHE_LINE, CHECKSUM_OFFSET, COMPAT_KNOWN, FORMAT_MAJOR, FORMAT_MINOR,
-    HEADER_SIZE, INCOMPAT_KNOWN, INCOMPAT_LANE_SLOTS, LAYOUT_NAME_MAX, MAX_POOL_SIZE, MIN_POOL_SIZE, PAGE, POOL_MAGIC,
-    RO_COMPAT_KNOWN,
+    HEADER_SIZE, INCOMPAT_KNOWN, INCOMPAT_LANE_SLOTS, LAYOUT_NAME_MAX, MAX_POOL_SIZE,
+    MIN_POOL_SIZE, PAGE, POOL_MAGIC, RO_COMPAT_KNOWN,
 };
 pub use persist::{FlushContext, ModeRequest, PersistCounters, PersistMode};
 pub use pool::{CreateOptions, Inspection, OpenOptions, Pool, MSYNC_MERGE_GAP_PAGES, NT_THRESHOLD};

@@ -106,7 +106,10 @@ impl Drop for Pool {
     fn drop(&mut self) {
         if !self.raw.is_read_only() && !self.raw.is_poisoned() {
             let mut ctx = self.raw.flush_context();
-            let _ = self.heap.redo_logs().sync_invalidations(&self.raw, &mut ctx);
+            let _ = self
+                .heap
+                .redo_logs()
+                .sync_invalidations(&self.raw, &mut ctx);
         }
     }
 }
