@@ -5,8 +5,11 @@
 //!   every valid log in sequence order, clears every log, and returns the volatile state
 //!   shared by all lanes (the sequence counter and the pending-invalidation set).
 //! * [`RedoLogs::lane`] hands out the one [`LaneLog`] of a lane; [`LaneLog::commit`] writes a
-//!   log, makes it durable (the commit point), applies it and invalidates it, with exactly two
-//!   drains. [`LaneLog::commit_ops_ext`] takes a log of any size: past the lane's capacity it
+//!   log in one of the lane's two regions and makes it durable (the commit point), then
+//!   applies it: with cache flushes it makes the values durable and invalidates the log (two
+//!   drains); with deferred apply (msync and simulated modes) it leaves the values to the
+//!   lane's next commit, which makes them durable with its own drain (one drain per commit;
+//!   another lane's commit touching the same lines helps instead, `docs/REDO.md` §4). [`LaneLog::commit_ops_ext`] takes a log of any size: past the lane's capacity it
 //!   goes on in an **extension**, a region of the heap's data area the caller lends for the
 //!   call (the allocator reserves a block and cancels it afterwards; `docs/REDO.md` §2.4, §6.6).
 
