@@ -164,16 +164,20 @@ pub(crate) unsafe fn copy_nt(
     let mut flushed = 0;
     // SAFETY: the caller's contract covers `[dst, dst + len)`; head, body and tail partition it.
     unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        flushed += flush_range(instr, dst, head);
+        if head > 0 {
+            std::ptr::copy_nonoverlapping(src, dst, head);
+            flushed += flush_range(instr, dst, head);
+        }
         if std::arch::is_x86_feature_detected!("avx") {
             // (4) AVX is present, just checked.
             stream_lines_avx(dst.add(head), src.add(head), body);
         } else {
             stream_lines_sse2(dst.add(head), src.add(head), body);
         }
-        std::ptr::copy_nonoverlapping(src.add(head + body), dst.add(head + body), tail);
-        flushed += flush_range(instr, dst.add(head + body), tail);
+        if tail > 0 {
+            std::ptr::copy_nonoverlapping(src.add(head + body), dst.add(head + body), tail);
+            flushed += flush_range(instr, dst.add(head + body), tail);
+        }
     }
     (flushed, body as u64)
 }
