@@ -1805,6 +1805,15 @@ impl RedoLogs {
                                 > layout.log_size();
                         found.push(f);
                         if whole_lane {
+                            // Its slots run over slot 1: once it is cleared they are leftovers
+                            // that could look like a header; clear that word after it (the
+                            // invalid logs are cleared after the valid ones, §5).
+                            let mut w = [0u8; 8];
+                            // SAFETY: as in `read_log`: recovery has the pool to itself.
+                            unsafe { pool.read(layout.slot_offset(lane, 1), &mut w) };
+                            if w != [0; 8] {
+                                invalid.push((lane, 1));
+                            }
                             break;
                         }
                     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pmstore_alloc::redo::{
-    encode_log, RedoEntry, RedoLogs, REDO_CAPACITY, REDO_HEADER_SIZE, REDO_LOG_SIZE,
+    encode_log, RedoEntry, RedoLayout, RedoLogs, REDO_CAPACITY, REDO_HEADER_SIZE, REDO_LOG_SIZE,
 };
 use pmstore_alloc::{AllocError, CorruptReason, TargetError};
 use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool, MIN_POOL_SIZE};
@@ -885,4 +885,62 @@ fn killed_mid_commit_recovers() {
     }
     assert!(last.iter().all(|&v| v > 0), "the child made progress");
     eprintln!("killed_mid_commit_recovers: {replayed_rounds}/12 kills left logs to replay");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools made before lane format 2 (no INCOMPAT_LANE_SLOTS bit)
+
+/// A committed log written with the single-region layout of earlier builds — 600 word entries,
+/// more than a region of lane format 2 holds (508), so its slots run into the lane's second
+/// half — is replayed when the pool's header lacks `INCOMPAT_LANE_SLOTS`, and the second half
+/// is not read as a log of its own (`docs/REDO.md` §1). With the bit, the same bytes are an
+/// invalid log (too many slots for a region): cleared, never replayed.
+#[test]
+fn a_legacy_single_region_log_is_replayed_in_a_pool_without_the_incompat_bit() {
+    use pmstore_pool::{PoolHeader, CHECKSUM_OFFSET, INCOMPAT_LANE_SLOTS};
+    let (pool, sim) = Pool::create_simulated(&CreateOptions::new("legacy", 8 << 20)).unwrap();
+    let g = pool.geometry();
+    assert_eq!(pool.header().incompat, INCOMPAT_LANE_SLOTS);
+    let (data, _) = RedoLayout::new(pool.size(), &g).unwrap().extension_area();
+    drop(pool);
+    let entries: Vec<RedoEntry> = (0..600u64).map(|i| e(data + 8 * i, 0x1000 + i)).collect();
+    let log = encode_log(42, &entries);
+    assert!(
+        log.len() as u64 > u64::from(g.lane_size) / 2,
+        "runs into the second region"
+    );
+    let make = |incompat: u64| {
+        let mut img = sim.media_image();
+        let mut h: PoolHeader =
+            bytemuck::pod_read_unaligned(&img[..std::mem::size_of::<PoolHeader>()]);
+        h.incompat = incompat;
+        h.checksum = h.compute_checksum();
+        img[..std::mem::size_of::<PoolHeader>()].copy_from_slice(bytemuck::bytes_of(&h));
+        assert_eq!(CHECKSUM_OFFSET + 4, std::mem::size_of::<PoolHeader>());
+        let lane = g.lane_offset(2) as usize;
+        img[lane..lane + log.len()].copy_from_slice(&log);
+        img
+    };
+    // Without the bit: replayed, every word stored, the whole lane one log.
+    let (mut p, _) = Pool::open_simulated(&make(0), &OpenOptions::new("legacy")).unwrap();
+    let (logs, r) = RedoLogs::recover(&mut p).unwrap();
+    // (The second region's first word, inside the log's entries, is cleared after the log.)
+    assert_eq!(
+        (r.logs_replayed, r.entries_applied, r.invalid_cleared),
+        (1, 600, 1)
+    );
+    assert_eq!(logs.next_seq(), 43);
+    for x in &entries {
+        assert_eq!(read_word(&p, x.target), x.value);
+    }
+    // Recovery is done: the lane is empty, and commits use both regions from now on.
+    let (_, r) = RedoLogs::recover(&mut p).unwrap();
+    assert_eq!((r.logs_replayed, r.invalid_cleared), (0, 0));
+    // With the bit: the header claims more slots than a region holds: invalid, not replayed.
+    let (mut p, _) =
+        Pool::open_simulated(&make(INCOMPAT_LANE_SLOTS), &OpenOptions::new("legacy")).unwrap();
+    let (_, r) = RedoLogs::recover(&mut p).unwrap();
+    assert_eq!(r.logs_replayed, 0);
+    assert!(r.invalid_cleared >= 1, "{r:?}");
+    assert_eq!(read_word(&p, entries[0].target), 0);
 }
