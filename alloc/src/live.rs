@@ -129,6 +129,21 @@ impl LaneState {
         self.read_fields()
     }
 
+    /// Owner: its own record, unless a helper resolved it.
+    pub(crate) fn own_live(&self) -> Option<LiveLog> {
+        self.own().filter(|log| !self.is_resolved(log))
+    }
+
+    /// Anyone: a consistent snapshot of the record, unless a helper resolved it (a live log:
+    /// values not known to be durable).
+    pub(crate) fn live(&self) -> Option<LiveLog> {
+        self.snapshot().filter(|log| !self.is_resolved(log))
+    }
+
+    fn is_resolved(&self, log: &LiveLog) -> bool {
+        log.seq <= self.resolved.load(Ordering::Acquire)
+    }
+
     /// Anyone: a consistent snapshot of the record.
     pub(crate) fn snapshot(&self) -> Option<LiveLog> {
         loop {

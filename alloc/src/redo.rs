@@ -1381,6 +1381,20 @@ struct Shared {
     ever_live: AtomicBool,
 }
 
+/// The lanes whose bit is set in the bitset `bits` (one bit per lane, 64 per word).
+fn lanes_in(bits: &[AtomicU64]) -> impl Iterator<Item = u32> + '_ {
+    bits.iter().enumerate().flat_map(|(w, word)| {
+        let mut b = word.load(Ordering::Acquire);
+        std::iter::from_fn(move || {
+            (b != 0).then(|| {
+                let lane = (w * 64) as u32 + b.trailing_zeros();
+                b &= b - 1;
+                lane
+            })
+        })
+    })
+}
+
 /// A live log of another lane that a commit helps: it flushes the log's lines before its
 /// drain, then invalidates the log (`docs/REDO.md` §4 step 2).
 struct Helped {
@@ -1432,22 +1446,17 @@ impl Shared {
         covered: &mut Vec<(u32, u32, u64)>,
     ) {
         covered.clear();
-        for (w, word) in self.summary.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                let lane = (w * 64) as u32 + bits.trailing_zeros();
-                bits &= bits - 1;
-                let pending = &self.lanes[lane as usize].pending;
-                for slot in 0..LOG_SLOTS {
-                    // Acquire: the invalidation store happens-before the token store, so the
-                    // line flushed below holds the zero or something later.
-                    let token = pending[slot as usize].load(Ordering::Acquire);
-                    if token == 0 || Some((lane, slot)) == skip {
-                        continue;
-                    }
-                    pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
-                    covered.push((lane, slot, token));
+        for lane in lanes_in(&self.summary) {
+            let pending = &self.lanes[lane as usize].pending;
+            for slot in 0..LOG_SLOTS {
+                // Acquire: the invalidation store happens-before the token store, so the line
+                // flushed below holds the zero or something later.
+                let token = pending[slot as usize].load(Ordering::Acquire);
+                if token == 0 || Some((lane, slot)) == skip {
+                    continue;
                 }
+                pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
+                covered.push((lane, slot, token));
             }
         }
     }
@@ -1479,32 +1488,26 @@ impl Shared {
         out: &mut Vec<Helped>,
     ) {
         out.clear();
-        for (w, word) in self.live_summary.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                let lane = (w * 64) as u32 + bits.trailing_zeros();
-                bits &= bits - 1;
-                if Some(lane) == skip {
-                    continue;
-                }
-                let st = &self.lanes[lane as usize];
-                let m = st.mask.load(Ordering::Acquire);
-                if m == 0 || lines.is_some_and(|(_, mask)| m & mask == 0) {
-                    continue;
-                }
-                // SeqCst, before reading the record: the owner's SeqCst load of `helpers`
-                // before it writes a slot sees this registration, or this read sees the
-                // owner's newer record (live.rs, LaneState::publish).
-                st.helpers.fetch_add(1, Ordering::SeqCst);
-                let keep = st.snapshot().filter(|log| {
-                    log.seq > st.resolved.load(Ordering::Acquire)
-                        && lines.map_or(true, |(mine, _)| live::overlap(mine, &log.lines))
-                });
-                match keep {
-                    Some(log) => out.push(Helped { lane, log }),
-                    None => {
-                        st.helpers.fetch_sub(1, Ordering::SeqCst);
-                    }
+        for lane in lanes_in(&self.live_summary) {
+            if Some(lane) == skip {
+                continue;
+            }
+            let st = &self.lanes[lane as usize];
+            let m = st.mask.load(Ordering::Acquire);
+            if m == 0 || lines.is_some_and(|(_, mask)| m & mask == 0) {
+                continue;
+            }
+            // SeqCst, before reading the record: the owner's SeqCst load of `helpers` before
+            // it writes a slot sees this registration, or this read sees the owner's newer
+            // record (live.rs, LaneState::publish).
+            st.helpers.fetch_add(1, Ordering::SeqCst);
+            let keep = st
+                .live()
+                .filter(|log| lines.map_or(true, |(mine, _)| live::overlap(mine, &log.lines)));
+            match keep {
+                Some(log) => out.push(Helped { lane, log }),
+                None => {
+                    st.helpers.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         }
@@ -1514,6 +1517,16 @@ impl Shared {
             for &l in &h.log.lines {
                 pool.flush(ctx, l, CACHE_LINE);
             }
+        }
+    }
+
+    /// The drain after [`Shared::help`] failed (the pool is poisoned): deregister without
+    /// invalidating anything.
+    fn abandon_help(&self, helped: &mut Vec<Helped>) {
+        for h in helped.drain(..) {
+            self.lanes[h.lane as usize]
+                .helpers
+                .fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -2103,7 +2116,16 @@ impl RedoLogs {
     /// # }
     /// ```
     pub fn live_lines(&self) -> Vec<u64> {
-        self.live_lines_inner()
+        let mut v: Vec<u64> = self
+            .shared
+            .lanes
+            .iter()
+            .filter_map(|l| l.live())
+            .flat_map(|log| log.lines)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Whether small commits defer making their values durable to the lane's next commit
@@ -2155,22 +2177,6 @@ impl RedoLogs {
         self.shared.defer.store(on, Ordering::Relaxed);
     }
 
-    fn live_lines_inner(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self
-            .shared
-            .lanes
-            .iter()
-            .filter_map(|l| {
-                l.snapshot()
-                    .filter(|log| log.seq > l.resolved.load(Ordering::Acquire))
-            })
-            .flat_map(|log| log.lines)
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-
     /// Number of lanes with a live log (see [`RedoLogs::live_lines`]).
     ///
     /// ```
@@ -2193,10 +2199,7 @@ impl RedoLogs {
         self.shared
             .lanes
             .iter()
-            .filter(|l| {
-                l.snapshot()
-                    .is_some_and(|log| log.seq > l.resolved.load(Ordering::Acquire))
-            })
+            .filter(|l| l.live().is_some())
             .count()
     }
 
@@ -2247,11 +2250,7 @@ impl RedoLogs {
             sh.flush_pending(pool, ctx, None, &mut covered);
             let r = pool.drain(ctx);
             if r.is_err() {
-                for h in helped.drain(..) {
-                    sh.lanes[h.lane as usize]
-                        .helpers
-                        .fetch_sub(1, Ordering::SeqCst);
-                }
+                sh.abandon_help(&mut helped);
             }
             r?;
             sh.clear_covered(&covered);
@@ -2706,9 +2705,7 @@ impl LaneLog {
             );
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
-            prev = me
-                .own()
-                .filter(|p| p.seq > me.resolved.load(Ordering::Acquire));
+            prev = me.own_live();
             if let Some(p) = &prev {
                 for &l in &p.lines {
                     pool.flush(ctx, l, CACHE_LINE);
@@ -2777,11 +2774,7 @@ impl LaneLog {
         // previous log's values, the helped logs' values, the invalidations flushed in 1d,
         // and the overwriting of whatever slot `slot` held.
         if let Err(e) = pool.drain(ctx) {
-            for h in self.helped.drain(..) {
-                sh.lanes[h.lane as usize]
-                    .helpers
-                    .fetch_sub(1, Ordering::SeqCst);
-            }
+            sh.abandon_help(&mut self.helped);
             return Err(e.into());
         }
         if me.pending[slot as usize].load(Ordering::Relaxed) != 0 {
