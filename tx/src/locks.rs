@@ -27,6 +27,7 @@ use core::fmt;
 use core::ops::Range;
 
 use crossbeam_utils::CachePadded;
+use smallvec::SmallVec;
 
 use crate::primitive::{spin_loop, yield_now, AtomicU32, Ordering};
 
@@ -36,6 +37,9 @@ pub const STRIPE_SHIFT: u32 = 8;
 
 /// The default number of stripes of a [`LockTable`] (a power of two).
 pub const DEFAULT_STRIPES: usize = 4096;
+
+/// Stripes a [`LockSet`] holds without a heap allocation.
+const INLINE_HELD: usize = 8;
 
 /// Lock word value of a stripe held by one writer.
 const EXCLUSIVE: u32 = 1 << 31;
@@ -332,8 +336,9 @@ impl LockTable {
 pub struct LockSet {
     /// Identity of the table the held locks belong to (meaningful while `held` is non-empty).
     table: u64,
-    /// Held stripes with their modes, sorted by stripe, no duplicates.
-    held: Vec<(u32, Mode)>,
+    /// Held stripes with their modes, sorted by stripe, no duplicates. Inline up to
+    /// `INLINE_HELD` entries: a small transaction's set allocates nothing.
+    held: SmallVec<[(u32, Mode); INLINE_HELD]>,
 }
 
 impl LockSet {

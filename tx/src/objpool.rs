@@ -485,7 +485,10 @@ impl Pool {
             if tx.failed() {
                 return Err(TxError::Aborted.into());
             }
-            match tx.commit() {
+            let committed = tx.commit();
+            // Releases the locks: after the commit's writes, before any back-off.
+            drop(tx);
+            match committed {
                 Ok(info) => {
                     LAST_COMMIT.with(|c| c.set(info));
                     return Ok(v);

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::mem::{align_of, size_of};
+use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 use pmstore_alloc::redo::RedoRange;
@@ -24,41 +25,30 @@ pub const MAX_ALIGN: usize = 64;
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// A private copy of whole cache lines `[start, start + 64 × buf.len())` of the pool, where a
-/// transaction makes its changes. Commit logs the words that differ from the pool.
+/// A private copy of whole cache lines `[start, start + 64 × lines)` of the pool, where a
+/// transaction makes its changes: lines `[first, first + lines)` of the transaction's line
+/// arena ([`Tx::lines`]). Commit logs the words that differ from the pool.
+#[derive(Clone, Copy, Debug)]
 struct Shadow {
     start: u64,
-    buf: Vec<Line>,
+    first: usize,
+    lines: usize,
 }
 
 impl Shadow {
     fn end(&self) -> u64 {
-        self.start + CACHE_LINE * self.buf.len() as u64
+        self.start + CACHE_LINE * self.lines as u64
     }
-    fn bytes(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.buf)
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        bytemuck::cast_slice_mut(&mut self.buf)
+    /// Its lines' indexes in the arena.
+    fn arena_range(&self) -> Range<usize> {
+        self.first..self.first + self.lines
     }
 }
 
-/// Buffers a thread's transactions reuse (a transaction takes them at its start and gives
-/// them back when it ends), so that a small transaction allocates nothing.
-#[derive(Default)]
-struct Spare {
-    locks: LockSet,
-    shadows: Vec<Shadow>,
-    bufs: Vec<Vec<Line>>,
-}
-
-/// Buffers kept per thread: at most this many line buffers, of at most this many lines each.
-const SPARE_BUFS: usize = 16;
-const SPARE_BUF_LINES: usize = 256;
-
-thread_local! {
-    static SPARE: RefCell<Option<Spare>> = const { RefCell::new(None) };
-}
+/// Shadows and shadow lines a transaction keeps inline (more spill to the heap): a small
+/// transaction allocates nothing, and needs no per-thread cache of buffers either.
+const INLINE_SHADOWS: usize = 4;
+const INLINE_LINES: usize = 8;
 
 /// The cache lines covering `[off, off + len)`.
 fn line_bounds(off: u64, len: u64) -> (u64, u64) {
@@ -149,13 +139,14 @@ pub struct Tx<'p> {
     pool: &'p Pool,
     locks: RefCell<LockSet>,
     /// Shadows, sorted by `start`, disjoint (no two share a line).
-    shadows: Vec<Shadow>,
+    shadows: SmallVec<[Shadow; INLINE_SHADOWS]>,
+    /// The shadows' lines, in no particular order. A shadow that grows is copied to the end;
+    /// the lines it leaves behind are reclaimed when they outnumber the lines in use.
+    lines: SmallVec<[Line; INLINE_LINES]>,
     /// Read snapshots: copies served by [`Tx::get`] for reads that straddle shadows. Boxes are
     /// only pushed through `&self` and dropped through `&mut self` (or at the end), so a slice
     /// of one stays valid while the `&Tx` it was borrowed from does.
     snapshots: RefCell<Vec<Box<[Line]>>>,
-    /// Line buffers for new shadows (from this thread's spares).
-    bufs: Vec<Vec<Line>>,
     /// Blocks reserved by this transaction, published at commit.
     allocs: Vec<Reservation>,
     /// Blocks reserved and then freed by this transaction: cancelled when it ends (not
@@ -193,39 +184,18 @@ impl Drop for Tx<'_> {
         // write after this point, so the order only matters for clarity).
         self.allocs.clear();
         self.dead_allocs.clear();
-        let mut locks = std::mem::take(self.locks.get_mut());
-        locks.release_all(self.pool.lock_table());
-        // Give the buffers back to this thread (`Tx` is `!Send`: this is the thread that made
-        // it); a buffer too large, or one too many, is freed.
-        let mut bufs = std::mem::take(&mut self.bufs);
-        let mut shadows = std::mem::take(&mut self.shadows);
-        for s in shadows.drain(..) {
-            if bufs.len() < SPARE_BUFS && s.buf.capacity() <= SPARE_BUF_LINES {
-                bufs.push(s.buf);
-            }
-        }
-        let _ = SPARE.try_with(|sp| {
-            *sp.borrow_mut() = Some(Spare {
-                locks,
-                shadows,
-                bufs,
-            })
-        });
+        self.locks.get_mut().release_all(self.pool.lock_table());
     }
 }
 
 impl<'p> Tx<'p> {
+    #[inline] // (built in place: a `Tx` is large, its inline buffers included)
     pub(crate) fn new(pool: &'p Pool, writable: bool) -> Tx<'p> {
-        let spare = SPARE
-            .try_with(|sp| sp.borrow_mut().take())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
         Tx {
             pool,
-            locks: RefCell::new(spare.locks),
-            shadows: spare.shadows,
-            bufs: spare.bufs,
+            locks: RefCell::new(LockSet::new()),
+            shadows: SmallVec::new(),
+            lines: SmallVec::new(),
             snapshots: RefCell::new(Vec::new()),
             allocs: Vec::new(),
             dead_allocs: Vec::new(),
@@ -305,6 +275,11 @@ impl<'p> Tx<'p> {
             return Err(TxError::ReadOnly);
         }
         Ok(())
+    }
+
+    /// The bytes of shadow `s` (one of this transaction's).
+    fn shadow_bytes(&self, s: &Shadow) -> &[u8] {
+        bytemuck::cast_slice(&self.lines[s.arena_range()])
     }
 
     /// Index of the shadow that contains lines `[ls, le)`, if any.
@@ -419,7 +394,7 @@ impl<'p> Tx<'p> {
         if let Some(i) = self.containing(ls, le) {
             let s = &self.shadows[i];
             let at = (off - s.start) as usize;
-            return Ok(&s.bytes()[at..at + len as usize]);
+            return Ok(&self.shadow_bytes(s)[at..at + len as usize]);
         }
         let table = self.pool.lock_table();
         let overlap = self.overlapping(ls, le);
@@ -439,8 +414,9 @@ impl<'p> Tx<'p> {
             unsafe { raw::read_bytes(self.pool.raw(), ls, bytes) };
             for sh in &self.shadows[overlap] {
                 let (a, b) = (sh.start.max(ls), sh.end().min(le));
-                bytes[(a - ls) as usize..(b - ls) as usize]
-                    .copy_from_slice(&sh.bytes()[(a - sh.start) as usize..(b - sh.start) as usize]);
+                bytes[(a - ls) as usize..(b - ls) as usize].copy_from_slice(
+                    &self.shadow_bytes(sh)[(a - sh.start) as usize..(b - sh.start) as usize],
+                );
             }
             let mut snaps = self.snapshots.borrow_mut();
             snaps.push(buf);
@@ -552,27 +528,61 @@ impl<'p> Tx<'p> {
                     .clone()
                     .last()
                     .map_or(le, |j| self.shadows[j].end().max(le));
-                let mut buf = self.bufs.pop().unwrap_or_default();
-                buf.clear();
-                buf.resize(((end - start) / CACHE_LINE) as usize, Line::zeroed());
-                let mut s = Shadow { start, buf };
-                // SAFETY: every byte of [start, end) is covered by stripes this transaction
-                // holds exclusively (above), so no other thread writes them.
-                unsafe { raw::read_bytes(self.pool.raw(), start, s.bytes_mut()) };
-                for old in self.shadows.drain(r.clone()) {
-                    let at = (old.start - start) as usize;
-                    s.bytes_mut()[at..at + old.bytes().len()].copy_from_slice(old.bytes());
-                    if old.buf.capacity() <= SPARE_BUF_LINES {
-                        self.bufs.push(old.buf);
+                let first = self.lines.len();
+                let n = ((end - start) / CACHE_LINE) as usize;
+                // SAFETY: [start, end) lies in the pool (whole lines around checked bytes), and
+                // every byte of it is covered by stripes this transaction holds exclusively
+                // (above), so no other thread writes them; the slice is only used for the copy.
+                let src = unsafe { raw::pool_bytes(self.pool.raw(), start, end - start) };
+                match bytemuck::try_cast_slice::<u8, Line>(src) {
+                    Ok(src) => self.lines.extend_from_slice(src),
+                    // (The mapping is page-aligned, so this is not expected.)
+                    Err(_) => {
+                        self.lines.resize(first + n, Line::zeroed());
+                        bytemuck::cast_slice_mut(&mut self.lines[first..]).copy_from_slice(src);
                     }
                 }
-                self.shadows.insert(r.start, s);
+                // The shadows it absorbs hold this transaction's pending versions of their lines.
+                for j in r.clone() {
+                    let old = self.shadows[j];
+                    let at = first + ((old.start - start) / CACHE_LINE) as usize;
+                    self.lines.copy_within(old.arena_range(), at);
+                }
+                self.shadows.drain(r.clone());
+                self.shadows.insert(
+                    r.start,
+                    Shadow {
+                        start,
+                        first,
+                        lines: n,
+                    },
+                );
+                if !r.is_empty() {
+                    self.reclaim_lines();
+                }
                 r.start
             }
         };
-        let s = &mut self.shadows[i];
+        let s = self.shadows[i];
         let at = (off - s.start) as usize;
-        Ok(&mut s.bytes_mut()[at..at + len as usize])
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[s.arena_range()]);
+        Ok(&mut bytes[at..at + len as usize])
+    }
+
+    /// Compacts the line arena once the lines of absorbed shadows outnumber the lines in use
+    /// (so that a shadow growing one line at a time keeps the arena within twice its size).
+    fn reclaim_lines(&mut self) {
+        let live: usize = self.shadows.iter().map(|s| s.lines).sum();
+        if self.lines.len() <= 2 * live {
+            return;
+        }
+        let mut lines = SmallVec::with_capacity(live);
+        for s in &mut self.shadows {
+            let first = lines.len();
+            lines.extend_from_slice(&self.lines[s.arena_range()]);
+            s.first = first;
+        }
+        self.lines = lines;
     }
 
     /// Allocates a block for a `T`, initialised to `value`, and returns a pointer to it. The
@@ -846,9 +856,9 @@ impl<'p> Tx<'p> {
 
     /// Commits: logs every modified word of every shadow (runs of changed 8-byte words; runs
     /// less than 16 bytes apart are merged), the allocations and the frees in one redo log,
-    /// and applies it (`Heap::publish_ranges_with`: two drains). Locks are released when
-    /// `self` drops, after the commit.
-    pub(crate) fn commit(mut self) -> Result<CommitInfo> {
+    /// and applies it (`Heap::publish_ranges_with`: two drains). The caller drops the
+    /// transaction afterwards, which releases its locks (after the commit's writes).
+    pub(crate) fn commit(&mut self) -> Result<CommitInfo> {
         let mut info = CommitInfo {
             allocs: self.allocs.len(),
             frees: self.frees.len(),
@@ -861,21 +871,17 @@ impl<'p> Tx<'p> {
         let raw = pool.raw();
         // Bytes that must not be written: blocks freed by this transaction.
         let (frees, dead_allocs) = (&self.frees, &self.dead_allocs);
-        let is_dead = |w: u64| {
-            frees.iter().any(|&(o, s)| o <= w && w < o + s)
-                || dead_allocs
-                    .iter()
-                    .any(|r| r.offset() <= w && w < r.offset() + r.size())
+        let overlaps_dead = |s: &Shadow| {
+            let hit = |o: u64, n: u64| o < s.end() && s.start < o + n;
+            frees.iter().any(|&(o, n)| hit(o, n))
+                || dead_allocs.iter().any(|r| hit(r.offset(), r.size()))
         };
-        let any_dead = !frees.is_empty() || !dead_allocs.is_empty();
 
-        // Blocks allocated by this transaction: logged whole (not diffed), so the log alone
-        // carries everything the transaction writes and its checksum covers it. (Writing new
-        // blocks directly before the commit point would save the log bytes, but a crash image
-        // may hold the complete log without the block's lines: tests/tx_crash.rs.)
-        let fresh: SmallVec<[(u64, u64); 4]> =
-            self.allocs.iter().map(|r| (r.offset(), r.size())).collect();
-        let in_fresh = |w: u64| fresh.iter().any(|&(o, s)| o <= w && w < o + s);
+        // Blocks allocated by this transaction (`fresh`): logged whole (not diffed), so the
+        // log alone carries everything the transaction writes and its checksum covers it.
+        // (Writing new blocks directly before the commit point would save the log bytes, but a
+        // crash image may hold the complete log without the block's lines: tests/tx_crash.rs.)
+        let fresh = &self.allocs[..];
 
         // Runs of words to log: changed words of existing objects and every word of new
         // blocks; runs less than 16 bytes apart are merged, but never across a freed block's
@@ -884,72 +890,25 @@ impl<'p> Tx<'p> {
         // apply write whole lines with non-temporal stores: a drain after those completes
         // much sooner than after `clwb` of a partial line (tx_update_8B: ~650 -> ~500 ns). The
         // extra bytes are the lines' current contents, under this transaction's exclusive
-        // locks (stripes cover whole lines), so rewriting them changes nothing. Pool bytes are
-        // compared in blocks of CMP bytes.
-        const CMP: usize = 512;
-        const LINE: usize = CACHE_LINE as usize;
-        let mut current = [0u8; CMP];
-        // Inline vectors: a heap allocation per commit for these was ~6% of a small
-        // transaction's instructions.
-        let mut ranges: SmallVec<[RedoRange<'_>; 8]> = SmallVec::new();
-        let mut runs: SmallVec<[(usize, usize); 8]> = SmallVec::new();
+        // locks (stripes cover whole lines), so rewriting them changes nothing.
+        // Inline vector: a heap allocation per commit for it was ~6% of a small transaction's
+        // instructions.
+        let mut ranges: Ranges<'_> = SmallVec::new();
         for s in &self.shadows {
-            let bytes = s.bytes();
-            let dead_at = |g: usize| any_dead && is_dead(s.start + g as u64);
-            runs.clear();
-            let mut run: Option<(usize, usize)> = None;
-            for block in (0..bytes.len()).step_by(CMP) {
-                let n = CMP.min(bytes.len() - block);
-                // SAFETY: the shadow's lines are under exclusive locks of this transaction
-                // (taken when the shadow was made), so no other thread writes them.
-                unsafe { raw::read_bytes(raw, s.start + block as u64, &mut current[..n]) };
-                for w in (0..n).step_by(8) {
-                    let g = block + w;
-                    if dead_at(g) {
-                        runs.extend(run.take());
-                        continue;
-                    }
-                    let fresh_word = !fresh.is_empty() && in_fresh(s.start + g as u64);
-                    if !fresh_word && bytes[g..g + 8] == current[w..w + 8] {
-                        continue;
-                    }
-                    run = match run {
-                        Some((a, b)) if g - b <= 16 => Some((a, g + 8)),
-                        Some(r) => {
-                            runs.push(r);
-                            Some((g, g + 8))
-                        }
-                        None => Some((g, g + 8)),
-                    };
-                }
-            }
-            runs.extend(run);
-            // Widen to line edges (never over a freed word), merging what then overlaps.
-            let mut last: Option<(usize, usize)> = None;
-            for &(mut a, mut b) in runs.iter() {
-                while a % LINE != 0 && !dead_at(a - 8) {
-                    a -= 8;
-                }
-                while b % LINE != 0 && !dead_at(b) {
-                    b += 8;
-                }
-                last = match last {
-                    Some((la, lb)) if a <= lb => Some((la, lb.max(b))),
-                    Some((la, lb)) => {
-                        ranges.push(RedoRange {
-                            target: s.start + la as u64,
-                            data: &bytes[la..lb],
-                        });
-                        Some((a, b))
-                    }
-                    None => Some((a, b)),
-                };
-            }
-            if let Some((a, b)) = last {
-                ranges.push(RedoRange {
-                    target: s.start + a as u64,
-                    data: &bytes[a..b],
-                });
+            let mine = &self.lines[s.arena_range()];
+            // SAFETY: the shadow's lines lie in the pool and are under exclusive locks of this
+            // transaction (taken when the shadow was made), so no other thread writes them;
+            // this transaction writes them only when it publishes below, after the last use of
+            // this slice.
+            let current = unsafe { raw::pool_bytes(raw, s.start, CACHE_LINE * s.lines as u64) };
+            if overlaps_dead(s) {
+                let dead: Vec<(u64, u64)> = (frees.iter().copied())
+                    .chain(dead_allocs.iter().map(|r| (r.offset(), r.size())))
+                    .collect();
+                let bytes = bytemuck::cast_slice(mine);
+                diff_words(s.start, bytes, current, &dead, fresh, &mut ranges);
+            } else {
+                diff_lines(s.start, mine, current, fresh, &mut ranges);
             }
         }
         info.ranges = ranges.len();
@@ -957,7 +916,11 @@ impl<'p> Tx<'p> {
         if ranges.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
             return Ok(info);
         }
-        let frees: SmallVec<[u64; 4]> = self.frees.iter().map(|&(o, _)| o).collect();
+        let frees: SmallVec<[u64; 4]> = if self.frees.is_empty() {
+            SmallVec::new() // (collecting nothing is not free)
+        } else {
+            self.frees.iter().map(|&(o, _)| o).collect()
+        };
         let heap = pool.heap();
         // A log too large for a lane continues in an extension block, which commit writes: this
         // transaction reserves it and locks it like every other byte it writes, so that no
@@ -1009,5 +972,128 @@ impl<'p> Tx<'p> {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The ranges a commit logs (inline: a small transaction's commit allocates nothing).
+type Ranges<'a> = SmallVec<[RedoRange<'a>; 8]>;
+
+/// Pushes to `ranges` the spans of consecutive lines of a shadow (`mine`, of pool lines
+/// `start..`) that differ from the pool's (`current`) or hold a word of a block allocated by
+/// the transaction (`fresh`). For a shadow that overlaps no freed block this is exactly what
+/// [`diff_words`] yields: a run of changed words never spans a line without a changed word
+/// (runs merge over gaps of at most 16 bytes), so the runs widened to whole lines and merged
+/// are those spans, and a whole line is compared at once.
+fn diff_lines<'a>(
+    start: u64,
+    mine: &'a [Line],
+    current: &[u8],
+    fresh: &[Reservation],
+    ranges: &mut Ranges<'a>,
+) {
+    const LINE: usize = CACHE_LINE as usize;
+    let bytes: &'a [u8] = bytemuck::cast_slice(mine);
+    let mut run: Option<usize> = None;
+    for (i, (line, pool_line)) in mine.iter().zip(current.chunks_exact(LINE)).enumerate() {
+        let at = i * LINE;
+        let same = <&[u8; LINE]>::try_from(pool_line).is_ok_and(|p| line.0 == *p);
+        let dirty = !same
+            || fresh
+                .iter()
+                .any(|r| line_holds_word_of(start + at as u64, (r.offset(), r.size())));
+        match (dirty, run) {
+            (true, None) => run = Some(at),
+            (false, Some(a)) => {
+                ranges.push(RedoRange {
+                    target: start + a as u64,
+                    data: &bytes[a..at],
+                });
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(a) = run {
+        ranges.push(RedoRange {
+            target: start + a as u64,
+            data: &bytes[a..],
+        });
+    }
+}
+
+/// Whether the cache line at `line` holds the start of an 8-byte word of the block
+/// `(offset, size)` (the word-granular test of [`diff_words`], for a whole line).
+fn line_holds_word_of(line: u64, (offset, size): (u64, u64)) -> bool {
+    let first = line.max(offset.next_multiple_of(8));
+    first < line + CACHE_LINE && first < offset + size
+}
+
+/// [`diff_lines`] for a shadow (`bytes`, of pool bytes `start..`) that overlaps blocks freed
+/// by the transaction (`dead`), word by word: runs of changed words (and words of `fresh`
+/// blocks) less than 16 bytes apart are merged and widened to whole lines, but never over a
+/// dead word.
+fn diff_words<'a>(
+    start: u64,
+    bytes: &'a [u8],
+    current: &[u8],
+    dead: &[(u64, u64)],
+    fresh: &[Reservation],
+    ranges: &mut Ranges<'a>,
+) {
+    const LINE: usize = CACHE_LINE as usize;
+    let word_at = |g: usize| start + g as u64;
+    let dead_at = |g: usize| {
+        dead.iter()
+            .any(|&(o, s)| o <= word_at(g) && word_at(g) < o + s)
+    };
+    let fresh_at = |g: usize| {
+        (fresh.iter()).any(|r| r.offset() <= word_at(g) && word_at(g) < r.offset() + r.size())
+    };
+    let mut runs: SmallVec<[(usize, usize); 8]> = SmallVec::new();
+    let mut run: Option<(usize, usize)> = None;
+    for g in (0..bytes.len()).step_by(8) {
+        if dead_at(g) {
+            runs.extend(run.take());
+            continue;
+        }
+        if !fresh_at(g) && bytes[g..g + 8] == current[g..g + 8] {
+            continue;
+        }
+        run = match run {
+            Some((a, b)) if g - b <= 16 => Some((a, g + 8)),
+            Some(r) => {
+                runs.push(r);
+                Some((g, g + 8))
+            }
+            None => Some((g, g + 8)),
+        };
+    }
+    runs.extend(run);
+    // Widen to line edges (never over a dead word), merging what then overlaps.
+    let mut last: Option<(usize, usize)> = None;
+    for &(mut a, mut b) in runs.iter() {
+        while a % LINE != 0 && !dead_at(a - 8) {
+            a -= 8;
+        }
+        while b % LINE != 0 && !dead_at(b) {
+            b += 8;
+        }
+        last = match last {
+            Some((la, lb)) if a <= lb => Some((la, lb.max(b))),
+            Some((la, lb)) => {
+                ranges.push(RedoRange {
+                    target: start + la as u64,
+                    data: &bytes[la..lb],
+                });
+                Some((a, b))
+            }
+            None => Some((a, b)),
+        };
+    }
+    if let Some((a, b)) = last {
+        ranges.push(RedoRange {
+            target: start + a as u64,
+            data: &bytes[a..b],
+        });
     }
 }
