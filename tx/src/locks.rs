@@ -389,8 +389,11 @@ impl LockSet {
         len: u64,
     ) -> Result<(), Conflict> {
         self.check(table);
-        let base = self.held.len();
         let (low, high) = table.ranges(offset, len);
+        if low.len() == 1 && high.is_empty() {
+            return self.lock_one(table, low.start, Mode::Shared);
+        }
+        let base = self.held.len();
         for k in low.chain(high) {
             if self.find(base, k).is_some() {
                 continue;
@@ -448,8 +451,11 @@ impl LockSet {
         len: u64,
     ) -> Result<(), Conflict> {
         self.check(table);
-        let base = self.held.len();
         let (low, high) = table.ranges(offset, len);
+        if low.len() == 1 && high.is_empty() {
+            return self.lock_one(table, low.start, Mode::Exclusive);
+        }
+        let base = self.held.len();
         let stripes = low.chain(high);
         // Whether this call upgraded a stripe: the entries of upgraded stripes still say
         // Shared until the call succeeds.
@@ -544,12 +550,13 @@ impl LockSet {
     /// ```
     pub fn release_all(&mut self, table: &LockTable) {
         self.check(table);
-        for (s, mode) in self.held.drain(..) {
+        for &(s, mode) in self.held.iter() {
             match mode {
                 Mode::Shared => table.release_shared(s as usize),
                 Mode::Exclusive => table.release_exclusive(s as usize),
             }
         }
+        self.held.clear();
     }
 
     /// The number of stripes held.
@@ -592,6 +599,30 @@ impl LockSet {
             self.held.is_empty() || self.table == table.id,
             "LockSet used with a LockTable other than the one whose locks it holds"
         );
+    }
+
+    /// [`LockSet::lock_shared`] or [`LockSet::lock_exclusive`] (`mode`) of the one stripe `k`
+    /// (the common case of a small object, without the bookkeeping of several stripes): the
+    /// same outcome, entries included.
+    fn lock_one(&mut self, table: &LockTable, k: usize, mode: Mode) -> Result<(), Conflict> {
+        match self.held.binary_search_by_key(&k, |&(s, _)| s as usize) {
+            Ok(i) => {
+                if mode == Mode::Exclusive && self.held[i].1 == Mode::Shared {
+                    table.acquire(k, Op::Upgrade)?;
+                    self.held[i].1 = Mode::Exclusive;
+                }
+            }
+            Err(i) => {
+                let op = match mode {
+                    Mode::Shared => Op::Shared,
+                    Mode::Exclusive => Op::Exclusive,
+                };
+                table.acquire(k, op)?;
+                self.held.insert(i, (k as u32, mode));
+                self.table = table.id;
+            }
+        }
+        Ok(())
     }
 
     /// The index of stripe `k` among the first `base` (sorted) entries.

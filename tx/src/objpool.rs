@@ -1,6 +1,6 @@
 //! The transactional pool handle: recovery at open, the root object, transactions.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::mem::size_of;
 use std::path::Path;
 
@@ -29,8 +29,10 @@ thread_local! {
         })
     };
     /// Pools (by address) this thread is running a transaction on: a second one on the same
-    /// pool would wait for the first one's locks forever.
-    static ACTIVE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// pool would wait for the first one's locks forever. One pool (0: none) in `ACTIVE`, any
+    /// others (transactions on other pools inside that one) in `ACTIVE_MORE`.
+    static ACTIVE: Cell<usize> = const { Cell::new(0) };
+    static ACTIVE_MORE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Marks a pool as having a transaction on this thread while alive.
@@ -39,25 +41,30 @@ struct ActiveGuard(usize);
 impl ActiveGuard {
     fn enter(pool: &Pool) -> Result<ActiveGuard> {
         let id = pool as *const Pool as usize;
-        ACTIVE.with(|a| {
-            let mut a = a.borrow_mut();
-            if a.contains(&id) {
-                return Err(TxError::NestedTransaction);
-            }
-            a.push(id);
-            Ok(ActiveGuard(id))
-        })
+        let first = ACTIVE.get();
+        if first == id || ACTIVE_MORE.with_borrow(|more| more.contains(&id)) {
+            return Err(TxError::NestedTransaction);
+        }
+        if first == 0 {
+            ACTIVE.set(id);
+        } else {
+            ACTIVE_MORE.with_borrow_mut(|more| more.push(id));
+        }
+        Ok(ActiveGuard(id))
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        ACTIVE.with(|a| {
-            let mut a = a.borrow_mut();
-            if let Some(i) = a.iter().rposition(|&x| x == self.0) {
-                a.swap_remove(i);
-            }
-        });
+        if ACTIVE.get() == self.0 {
+            ACTIVE.set(0);
+        } else {
+            ACTIVE_MORE.with_borrow_mut(|more| {
+                if let Some(i) = more.iter().rposition(|&x| x == self.0) {
+                    more.swap_remove(i);
+                }
+            });
+        }
     }
 }
 
@@ -473,28 +480,29 @@ impl Pool {
         let writable = !self.raw.is_read_only();
         let mut attempt = 0u32;
         loop {
-            let mut tx = Tx::new(self, writable);
-            let r = f(&mut tx);
-            if tx.conflicted() {
-                drop(tx);
-                backoff(attempt);
-                attempt = attempt.saturating_add(1);
-                continue;
-            }
-            let v = r?;
-            if tx.failed() {
-                return Err(TxError::Aborted.into());
-            }
-            let committed = tx.commit();
-            // Releases the locks: after the commit's writes, before any back-off.
-            drop(tx);
-            match committed {
-                Ok(info) => {
+            // The transaction is dropped (its locks released) at the end of this block, after
+            // the commit's writes and before any back-off; in place: moving it (into `drop`)
+            // would copy its inline buffers.
+            let outcome = {
+                let mut tx = Tx::new(self, writable);
+                let r = f(&mut tx);
+                if tx.conflicted() {
+                    Err(TxError::Conflict)
+                } else {
+                    let v = r?;
+                    if tx.failed() {
+                        return Err(TxError::Aborted.into());
+                    }
+                    tx.commit().map(|info| (v, info))
+                }
+            };
+            match outcome {
+                Ok((v, info)) => {
                     LAST_COMMIT.with(|c| c.set(info));
                     return Ok(v);
                 }
-                // A lock the commit itself needed (its log extension) was busy: nothing was
-                // written; run the transaction again.
+                // A lock `f` or the commit itself (its log extension) needed was busy: nothing
+                // was written; run the transaction again.
                 Err(TxError::Conflict) => {
                     backoff(attempt);
                     attempt = attempt.saturating_add(1);
@@ -537,15 +545,16 @@ impl Pool {
         let _active = ActiveGuard::enter(self)?;
         let mut attempt = 0u32;
         loop {
-            let tx = Tx::new(self, false);
-            let r = f(&tx);
-            if tx.conflicted() {
-                drop(tx);
-                backoff(attempt);
-                attempt = attempt.saturating_add(1);
-                continue;
+            // (A block: the transaction is dropped in place, see `transaction`.)
+            {
+                let tx = Tx::new(self, false);
+                let r = f(&tx);
+                if !tx.conflicted() {
+                    return r;
+                }
             }
-            return r;
+            backoff(attempt);
+            attempt = attempt.saturating_add(1);
         }
     }
 }

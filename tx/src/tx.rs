@@ -535,6 +535,13 @@ impl<'p> Tx<'p> {
                 // (above), so no other thread writes them; the slice is only used for the copy.
                 let src = unsafe { raw::pool_bytes(self.pool.raw(), start, end - start) };
                 match bytemuck::try_cast_slice::<u8, Line>(src) {
+                    // (Line by line: fewer instructions than `extend_from_slice` for a few.)
+                    Ok(src) if src.len() <= INLINE_LINES => {
+                        self.lines.reserve(src.len());
+                        for line in src {
+                            self.lines.push(*line);
+                        }
+                    }
                     Ok(src) => self.lines.extend_from_slice(src),
                     // (The mapping is page-aligned, so this is not expected.)
                     Err(_) => {
@@ -548,16 +555,16 @@ impl<'p> Tx<'p> {
                     let at = first + ((old.start - start) / CACHE_LINE) as usize;
                     self.lines.copy_within(old.arena_range(), at);
                 }
-                self.shadows.drain(r.clone());
-                self.shadows.insert(
-                    r.start,
-                    Shadow {
-                        start,
-                        first,
-                        lines: n,
-                    },
-                );
-                if !r.is_empty() {
+                let new = Shadow {
+                    start,
+                    first,
+                    lines: n,
+                };
+                if r.is_empty() {
+                    self.shadows.insert(r.start, new);
+                } else {
+                    self.shadows[r.start] = new;
+                    self.shadows.drain(r.start + 1..r.end);
                     self.reclaim_lines();
                 }
                 r.start
@@ -943,25 +950,29 @@ impl<'p> Tx<'p> {
             }
             Some(r)
         };
-        let mut lane = heap.lane();
-        // SAFETY: one Heap per pool (the Pool's own). Every byte of every range lies in a
-        // shadow's lines, under an exclusive lock of this transaction (no other thread reads
-        // or writes them, and no reference to them is live: readers of pool bytes hold shared
-        // locks); so does every freed block, and the log extension (reserved and locked
-        // above). The reservations are ours. Ranges were checked to lie in the object regions
-        // or the root entry (never heap metadata or lanes; the allocator checks again).
-        let r = unsafe {
-            heap.publish_ranges_with_ext(
-                &mut lane,
-                raw,
-                &mut self.allocs,
-                &frees,
-                &[],
-                &ranges,
-                ext,
-            )
+        // The lane is released at the end of this block (dropped in place: `drop(lane)` would
+        // copy it).
+        let r = {
+            let mut lane = heap.lane();
+            // SAFETY: one Heap per pool (the Pool's own). Every byte of every range lies in a
+            // shadow's lines, under an exclusive lock of this transaction (no other thread
+            // reads or writes them, and no reference to them is live: readers of pool bytes
+            // hold shared locks); so does every freed block, and the log extension (reserved
+            // and locked above). The reservations are ours. Ranges were checked to lie in the
+            // object regions or the root entry (never heap metadata or lanes; the allocator
+            // checks again).
+            unsafe {
+                heap.publish_ranges_with_ext(
+                    &mut lane,
+                    raw,
+                    &mut self.allocs,
+                    &frees,
+                    &[],
+                    &ranges,
+                    ext,
+                )
+            }
         };
-        drop(lane);
         match r {
             Ok(()) => {
                 info.logged = true;
