@@ -152,6 +152,7 @@
 //! # }
 //! ```
 
+mod diff;
 mod error;
 #[doc(hidden)]
 pub mod locks;
