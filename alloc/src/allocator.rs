@@ -3,7 +3,7 @@
 //!
 //! Locks and their order (a thread holding one may only take those to its right):
 //! arena → run → chunk allocator → a run created under the chunk-allocator lock (uncontended).
-//! The lane pool's lock is only held to take or return a lane.
+//! Lanes are claimed through a flag each (no lock), waiting only while all are claimed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,7 +19,7 @@ use crate::redo::{
     range_slots, LaneLog, RecoveryReport, RedoEntry, RedoLogs, RedoRange, EXT_ALIGN,
     REDO_ENTRY_SIZE,
 };
-use crate::volatile::{LanePool, RunBits};
+use crate::volatile::{LaneClaim, LaneSlots, RunBits};
 use crate::{AllocError, Result, TargetError};
 
 /// A log extension of this size or more is a span (chunks) rather than a block of a run.
@@ -185,7 +185,7 @@ pub struct Heap {
     /// Address of the pool's mapping, to check that operations get the right pool.
     base: usize,
     logs: RedoLogs,
-    lanes: LanePool<Lane>,
+    lanes: LaneSlots<Lane>,
     core: Arc<Core>,
 }
 
@@ -366,12 +366,13 @@ impl Drop for Reservation {
 /// ```
 pub struct LaneGuard<'a> {
     heap: &'a Heap,
-    lane: Option<Lane>,
+    /// Released (the lane free again) when the guard is dropped.
+    lane: LaneClaim<'a, Lane>,
 }
 
 impl LaneGuard<'_> {
     fn get(&mut self) -> &mut Lane {
-        self.lane.as_mut().expect("present until drop")
+        &mut self.lane
     }
 
     /// The lane's index.
@@ -390,7 +391,7 @@ impl LaneGuard<'_> {
     /// # }
     /// ```
     pub fn index(&self) -> u32 {
-        self.lane.as_ref().expect("present until drop").log.lane()
+        self.lane.log.lane()
     }
 
     /// The lane's redo log and flush context (e.g. for the transaction layer's own commits;
@@ -424,14 +425,6 @@ impl std::fmt::Debug for LaneGuard<'_> {
         f.debug_struct("LaneGuard")
             .field("lane", &self.index())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for LaneGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(l) = self.lane.take() {
-            self.heap.lanes.put_near(thread_index(), l);
-        }
     }
 }
 
@@ -515,7 +508,7 @@ impl Heap {
             geo,
             base: pool.ptr_at(0, 1).as_ptr() as usize,
             logs,
-            lanes: LanePool::new(lanes),
+            lanes: LaneSlots::new(lanes),
             core: Arc::new(Core {
                 chunks: Mutex::new(Chunks {
                     unowned: vec![Vec::new(); classes],
@@ -701,11 +694,10 @@ impl Heap {
             return unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }
                 .map(|_| ());
         }
-        let mut l = self.lanes.take_near(thread_index());
+        let mut claim = self.lanes.claim_near(thread_index());
+        let l = &mut *claim;
         // SAFETY: as above.
-        let r = unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) };
-        self.lanes.put_near(thread_index(), l);
-        r.map(|_| ())
+        unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }.map(|_| ())
     }
 
     /// Reserves a log extension of at least `bytes` bytes (`docs/REDO.md` §4): a span when it
@@ -774,7 +766,7 @@ impl Heap {
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
-            lane: Some(self.lanes.take_near(thread_index())),
+            lane: self.lanes.claim_near(thread_index()),
         }
     }
 
@@ -795,7 +787,7 @@ impl Heap {
     pub fn try_lane(&self) -> Option<LaneGuard<'_>> {
         Some(LaneGuard {
             heap: self,
-            lane: Some(self.lanes.try_take_near(thread_index())?),
+            lane: self.lanes.try_claim_near(thread_index())?,
         })
     }
 
