@@ -5,6 +5,7 @@
 //! arena → run → chunk allocator → a run created under the chunk-allocator lock (uncontended).
 //! Lanes are claimed through a flag each (no lock), waiting only while all are claimed.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -452,6 +453,9 @@ struct Group {
     /// Allocated blocks to free, and their offsets.
     free: SmallVec<[u32; 4]>,
     free_offsets: SmallVec<[u64; 4]>,
+    /// The publication empties the run: its header is cleared in the same commit. (A cell:
+    /// set while the run guards borrow the groups.)
+    release: Cell<bool>,
 }
 
 impl Group {
@@ -461,6 +465,7 @@ impl Group {
             publish: SmallVec::new(),
             free: SmallVec::new(),
             free_offsets: SmallVec::new(),
+            release: Cell::new(false),
         }
     }
 }
@@ -844,21 +849,10 @@ impl Heap {
     pub unsafe fn alloc(&self, pool: &Pool, size: u64, dest: u64) -> Result<u64> {
         self.check_pool(pool);
         self.check_dest(0, dest)?;
-        let r = self.reserve(pool, size)?;
-        let off = r.offset();
+        let mut r = [self.reserve(pool, size)?];
+        let off = r[0].offset();
         // SAFETY: forwarded from the caller (`dest` is its only extra word).
-        unsafe {
-            self.publish_inner(
-                pool,
-                None,
-                &mut vec![r],
-                &[],
-                &[(dest, off)],
-                &[],
-                Vec::new(),
-                None,
-            )
-        }?;
+        unsafe { self.publish_inner(pool, None, &mut r, &[], &[(dest, off)], &[], &[], None) }?;
         Ok(off)
     }
 
@@ -1096,18 +1090,9 @@ impl Heap {
         words: &[(u64, u64)],
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe {
-            self.publish_inner(
-                pool,
-                None,
-                reservations,
-                frees,
-                words,
-                &[],
-                Vec::new(),
-                None,
-            )
-        }
+        unsafe { self.publish_inner(pool, None, reservations, frees, words, &[], &[], None) }?;
+        reservations.clear(); // published: nothing to cancel
+        Ok(())
     }
 
     /// [`Heap::publish`] through a lane taken with [`Heap::lane`].
@@ -1270,10 +1255,12 @@ impl Heap {
                 frees,
                 words,
                 ranges,
-                Vec::new(),
+                &[],
                 ext,
             )
-        }
+        }?;
+        reservations.clear(); // published: nothing to cancel
+        Ok(())
     }
 
     /// The most 16-byte log slots a publication of `reservations` reservations, `frees`
@@ -1361,16 +1348,19 @@ impl Heap {
     ///
     /// `candidates`: empty runs to release if they are still empty (see `Core::release_queue`);
     /// a call without candidates first releases the queued ones in a commit of their own.
+    ///
+    /// On success every reservation is published (its `kind` taken: dropping it cancels
+    /// nothing); the caller removes them.
     #[allow(clippy::too_many_arguments)] // private: the one path every publication takes
     unsafe fn publish_inner(
         &self,
         pool: &Pool,
         mut lane: Option<&mut Lane>,
-        reservations: &mut Vec<Reservation>,
+        reservations: &mut [Reservation],
         frees: &[u64],
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
-        candidates: Vec<Arc<Run>>,
+        candidates: &[Arc<Run>],
         ext_given: Option<Reservation>,
     ) -> Result<()> {
         self.check_pool(pool);
@@ -1386,11 +1376,11 @@ impl Heap {
                     self.publish_inner(
                         pool,
                         lane.as_deref_mut(),
-                        &mut Vec::new(),
+                        &mut [],
                         &[],
                         &[],
                         &[],
-                        queued,
+                        &queued,
                         None,
                     )
                 }?;
@@ -1418,6 +1408,19 @@ impl Heap {
             self.publication_slots_bound(reservations.len(), frees.len(), words.len(), ranges)
                 + candidates.len();
         let ext_bytes = self.log_extension_bytes(bound);
+        if ext_bytes == 0
+            && ext_given.is_none()
+            && reservations.is_empty()
+            && frees.is_empty()
+            && candidates.is_empty()
+        {
+            // Only words and ranges, in the lane's log (a transaction that allocated and freed
+            // nothing): no run, span or chunk-allocator state is involved.
+            let entries: SmallVec<[RedoEntry; 8]> =
+                words.iter().map(|&(t, v)| RedoEntry::new(t, v)).collect();
+            // SAFETY: the targets and ranges are the caller's (checked above); no extension.
+            return unsafe { self.commit(pool, lane, &entries, ranges, None) };
+        }
         let ext = match ext_given {
             Some(r) => {
                 assert!(
@@ -1460,7 +1463,7 @@ impl Heap {
             }
         }
         let mut span_frees = Vec::new();
-        {
+        if !frees.is_empty() {
             let mut ch = lock(&self.core.chunks);
             for &offset in frees {
                 let invalid = AllocError::InvalidFree { offset };
@@ -1497,7 +1500,7 @@ impl Heap {
             }
         }
 
-        for run in &candidates {
+        for run in candidates {
             group_of(&mut groups, run);
         }
 
@@ -1507,8 +1510,8 @@ impl Heap {
         let mut guards: SmallVec<[MutexGuard<'_, RunState>; 2]> =
             groups.iter().map(|g| lock(&g.run.state)).collect();
         let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
-        let mut release: SmallVec<[bool; 2]> = smallvec::smallvec![false; groups.len()];
-        for (i, (g, st)) in groups.iter().zip(guards.iter_mut()).enumerate() {
+        let mut releases = false;
+        for (g, st) in groups.iter().zip(guards.iter_mut()) {
             if st.dead {
                 if g.publish.is_empty() && g.free.is_empty() {
                     continue; // a release candidate released meanwhile
@@ -1549,7 +1552,8 @@ impl Heap {
             let reserved_after = bits.reserved() as usize - g.publish.len();
             if st.on_media && used_after == 0 && reserved_after == 0 {
                 // The run becomes empty: release its chunks in the same log.
-                release[i] = true;
+                g.release.set(true);
+                releases = true;
                 entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
             }
         }
@@ -1564,7 +1568,7 @@ impl Heap {
         }
         entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
 
-        let mut ch = if release.contains(&true) || !span_frees.is_empty() || !span_res.is_empty() {
+        let mut ch = if releases || !span_frees.is_empty() || !span_res.is_empty() {
             let ch = lock(&self.core.chunks);
             for &(start, len, offset) in &span_frees {
                 // Another thread may have freed it since the lookup.
@@ -1586,7 +1590,7 @@ impl Heap {
 
         // Committed: update the volatile state.
         let mut relist = Vec::new();
-        for ((g, st), released) in groups.iter().zip(guards.iter_mut()).zip(release) {
+        for (g, st) in groups.iter().zip(guards.iter_mut()) {
             if st.dead {
                 continue; // a release candidate released before this publish
             }
@@ -1596,7 +1600,7 @@ impl Heap {
             if !g.publish.is_empty() {
                 st.on_media = true;
             }
-            if released {
+            if g.release.get() {
                 st.dead = true;
                 let ch = ch.as_mut().expect("locked for releases");
                 ch.objs.remove(&g.run.start);
@@ -1620,7 +1624,6 @@ impl Heap {
         }
         drop(ch);
         drop(guards);
-        reservations.clear();
         if !relist.is_empty() {
             let mut arena = self.core.arena();
             for run in relist {
@@ -1693,17 +1696,17 @@ impl Heap {
     /// # }
     /// ```
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
-        let words: Vec<(u64, u64)> = dest.map(|d| (d, 0)).into_iter().collect();
+        let cleared = dest.map(|d| (d, 0));
         // SAFETY: forwarded from the caller.
         unsafe {
             self.publish_inner(
                 pool,
                 None,
-                &mut Vec::new(),
+                &mut [],
                 &[offset],
-                &words,
+                cleared.as_slice(),
                 &[],
-                Vec::new(),
+                &[],
                 None,
             )
         }

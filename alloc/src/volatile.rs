@@ -254,26 +254,27 @@ impl RunBits {
     pub fn publish_words(&self, publish: &[u32], free: &[u32]) -> SmallVec<[(usize, u64); 4]> {
         // Usually one or two words: a small inline vector with a linear search beats a map.
         let mut words: SmallVec<[(usize, u64); 4]> = SmallVec::new();
-        let index = |words: &mut SmallVec<[(usize, u64); 4]>, w: usize| -> usize {
-            match words.iter().position(|&(x, _)| x == w) {
-                Some(i) => i,
+        let mut change = |w: usize, set: u64, clear: u64| {
+            let v = match words.iter_mut().find(|(x, _)| *x == w) {
+                Some((_, v)) => v,
                 None => {
                     words.push((w, self.bits[w]));
-                    words.len() - 1
+                    &mut words.last_mut().expect("just pushed").1
                 }
-            }
+            };
+            *v = (*v | set) & !clear;
         };
         for &b in publish {
             assert!(self.is_reserved(b), "block {b} is not reserved");
-            let i = index(&mut words, (b / 64) as usize);
-            words[i].1 |= 1 << (b % 64);
+            change((b / 64) as usize, 1 << (b % 64), 0);
         }
         for &b in free {
             assert!(self.is_allocated(b), "block {b} is not allocated");
-            let i = index(&mut words, (b / 64) as usize);
-            words[i].1 &= !(1 << (b % 64));
+            change((b / 64) as usize, 0, 1 << (b % 64));
         }
-        words.sort_unstable_by_key(|&(w, _)| w);
+        if words.len() > 1 {
+            words.sort_unstable_by_key(|&(w, _)| w);
+        }
         words
     }
 
@@ -295,11 +296,20 @@ impl RunBits {
     /// assert_eq!((run.used(), run.reserved()), (1, 0));
     /// ```
     pub fn apply_publish(&mut self, publish: &[u32], free: &[u32]) {
-        for (w, v) in self.publish_words(publish, free) {
-            self.bits[w] = v;
+        // Every block checked before anything changes (a panic leaves the run as it was).
+        for &b in publish {
+            assert!(self.is_reserved(b), "block {b} is not reserved");
+        }
+        for &b in free {
+            assert!(self.is_allocated(b), "block {b} is not allocated");
         }
         for &b in publish {
-            self.reserved[(b / 64) as usize] &= !(1 << (b % 64));
+            let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+            self.bits[w] |= bit;
+            self.reserved[w] &= !bit;
+        }
+        for &b in free {
+            self.bits[(b / 64) as usize] &= !(1 << (b % 64));
         }
         self.nreserved -= publish.len() as u32;
         self.used = self.used + publish.len() as u32 - free.len() as u32;
