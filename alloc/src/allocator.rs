@@ -1421,6 +1421,26 @@ impl Heap {
             // SAFETY: the targets and ranges are the caller's (checked above); no extension.
             return unsafe { self.commit(pool, lane, &entries, ranges, None) };
         }
+        if ext_bytes == 0
+            && ext_given.is_none()
+            && candidates.is_empty()
+            && reservations.len() + frees.len() == 1
+        {
+            // SAFETY: forwarded; the words and ranges were checked above.
+            let done = unsafe {
+                self.publish_one_block(
+                    pool,
+                    lane.as_deref_mut(),
+                    reservations,
+                    frees,
+                    words,
+                    ranges,
+                )
+            };
+            if let Some(r) = done {
+                return r;
+            }
+        }
         let ext = match ext_given {
             Some(r) => {
                 assert!(
@@ -1634,6 +1654,138 @@ impl Heap {
         // block is free again at once, with no lock held (`docs/REDO.md` §6.6).
         drop(ext);
         Ok(())
+    }
+
+    /// The publication of ONE block of a run (reserved or freed) with checked words and
+    /// ranges and no extension — an `alloc`, a `free`, a transaction that allocated or freed
+    /// one object — as the general path of [`Heap::publish_inner`] does it for a single
+    /// group (the same entries in the same order, the same checks and volatile updates),
+    /// without building groups. `None` if it is not that case (a span; a reservation in a
+    /// released run, which cannot happen): nothing was done, the general path takes it.
+    ///
+    /// # Safety
+    /// As [`Heap::publish`].
+    unsafe fn publish_one_block(
+        &self,
+        pool: &Pool,
+        lane: Option<&mut Lane>,
+        reservations: &mut [Reservation],
+        frees: &[u64],
+        words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
+    ) -> Option<Result<()>> {
+        // The run and block, and for a free its offset.
+        let (run, block, freed) = match (&*reservations, frees) {
+            ([r], []) => match r.kind.as_ref().expect("unpublished") {
+                ResKind::Block { run, block } => (Arc::clone(run), *block, None),
+                ResKind::Span { .. } => return None,
+            },
+            ([], &[offset]) => {
+                let invalid = AllocError::InvalidFree { offset };
+                let Some(chunk) = self.geo.chunk_of(offset) else {
+                    return Some(Err(invalid));
+                };
+                let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk);
+                match found {
+                    Err(e) => return Some(Err(e)),
+                    Ok(Some((start, Obj::Run(run)))) => {
+                        let c = run.class;
+                        let rel = offset - self.geo.chunk_offset(start);
+                        if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
+                            return Some(Err(invalid));
+                        }
+                        (run, (rel / c.size) as u32, Some(offset))
+                    }
+                    Ok(_) => return None, // a span, or not a block: the general path
+                }
+            }
+            _ => return None,
+        };
+        let mut st = lock(&run.state);
+        if st.dead {
+            // A freed block's run was released since the lookup; a run with reservations
+            // is never released.
+            return freed.map(|offset| Err(AllocError::InvalidFree { offset }));
+        }
+        if let Err(e) = self.load_bits(pool, &run, &mut st) {
+            return Some(Err(e));
+        }
+        let bits = st.bits.as_ref().expect("loaded");
+        let (w, bit) = ((block / 64) as usize, 1u64 << (block % 64));
+        let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
+        let start = run.start;
+        let (word, release) = match freed {
+            Some(offset) => {
+                if !bits.is_allocated(block) {
+                    return Some(Err(AllocError::DoubleFree { offset }));
+                }
+                // The last allocated block of a run on media, nothing reserved: the run
+                // becomes empty and is released in the same log.
+                let release = st.on_media && bits.used() == 1 && bits.reserved() == 0;
+                (bits.words()[w] & !bit, release)
+            }
+            None => {
+                assert!(bits.is_reserved(block), "block {block} is not reserved");
+                if !st.on_media {
+                    let header = ChunkHeader::Run {
+                        class: run.class.id,
+                        len: run.class.run_chunks,
+                    };
+                    entries.push(RedoEntry::new(
+                        self.geo.header_offset(start),
+                        header.encode(),
+                    ));
+                }
+                (bits.words()[w] | bit, false)
+            }
+        };
+        entries.push(RedoEntry::new(
+            self.geo.bitmap_offset(start) + w as u64 * 8,
+            word,
+        ));
+        if release {
+            entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
+        }
+        entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
+        let mut ch = release.then(|| lock(&self.core.chunks));
+
+        // SAFETY: the run's header and bitmap words are owned by its lock (held); the header
+        // of a released run by the chunk-allocator lock too (held); the words and ranges by
+        // the caller.
+        if let Err(e) = unsafe { self.commit(pool, lane, &entries, ranges, None) } {
+            return Some(Err(e));
+        }
+
+        // Committed: update the volatile state.
+        let bits = st.bits.as_mut().expect("loaded");
+        match freed {
+            Some(_) => bits.apply_publish(&[], &[block]),
+            None => bits.apply_publish(&[block], &[]),
+        }
+        let full = bits.is_full();
+        if freed.is_none() {
+            st.on_media = true;
+        }
+        let relist = if let Some(ch) = ch.as_mut() {
+            st.dead = true;
+            ch.objs.remove(&start);
+            ch.add_free(start, run.class.run_chunks);
+            false
+        } else if !st.listed && !full {
+            st.listed = true;
+            true
+        } else {
+            false
+        };
+        if let Some(r) = reservations.first_mut() {
+            r.kind = None;
+        }
+        drop(ch);
+        drop(st);
+        if relist {
+            self.core.arena()[usize::from(run.class.id)].push(run);
+        }
+        Some(Ok(()))
     }
 
     /// Finds the run or span holding chunk `chunk`, scanning up to it if needed.
