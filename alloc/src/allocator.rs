@@ -1746,7 +1746,9 @@ impl Heap {
         if release {
             entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
         }
-        entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
+        for &(t, v) in words {
+            entries.push(RedoEntry::new(t, v)); // (cheaper than `extend` for one or two)
+        }
         let mut ch = release.then(|| lock(&self.core.chunks));
 
         // SAFETY: the run's header and bitmap words are owned by its lock (held); the header

@@ -597,22 +597,27 @@ impl<T> LaneSlots<T> {
         if n == 0 {
             return None;
         }
-        let first = hint % n;
-        (first..n).chain(0..first).find_map(|index| {
+        let mut index = hint % n;
+        for _ in 0..n {
             let flag = &self.slots[index].claimed;
             // The plain load first: a claimed slot's line is not written (not taken
             // exclusive) by a thread passing by.
-            let free = !flag.load(Ordering::Relaxed)
+            if !flag.load(Ordering::Relaxed)
                 && flag
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok();
-            // Lazily: a claim made for a slot we did not get would release it when dropped.
-            free.then(|| LaneClaim {
-                slots: self,
-                index,
-                _item: PhantomData,
-            })
-        })
+                    .is_ok()
+            {
+                // Only now: a claim made for a slot we did not get would release it when
+                // dropped.
+                return Some(LaneClaim {
+                    slots: self,
+                    index,
+                    _item: PhantomData,
+                });
+            }
+            index = if index + 1 == n { 0 } else { index + 1 };
+        }
+        None
     }
 
     /// Claims a free slot as [`LaneSlots::try_claim_near`] does, yielding until one is free.
