@@ -3,8 +3,9 @@
 //!
 //! Locks and their order (a thread holding one may only take those to its right):
 //! arena → run → chunk allocator → a run created under the chunk-allocator lock (uncontended).
-//! The lane pool's lock is only held to take or return a lane.
+//! Lanes are claimed through a flag each (no lock), waiting only while all are claimed.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::redo::{
     range_slots, LaneLog, RecoveryReport, RedoEntry, RedoLogs, RedoRange, EXT_ALIGN,
     REDO_ENTRY_SIZE,
 };
-use crate::volatile::{LanePool, RunBits};
+use crate::volatile::{LaneClaim, LaneSlots, RunBits};
 use crate::{AllocError, Result, TargetError};
 
 /// A log extension of this size or more is a span (chunks) rather than a block of a run.
@@ -185,7 +186,7 @@ pub struct Heap {
     /// Address of the pool's mapping, to check that operations get the right pool.
     base: usize,
     logs: RedoLogs,
-    lanes: LanePool<Lane>,
+    lanes: LaneSlots<Lane>,
     core: Arc<Core>,
 }
 
@@ -366,12 +367,13 @@ impl Drop for Reservation {
 /// ```
 pub struct LaneGuard<'a> {
     heap: &'a Heap,
-    lane: Option<Lane>,
+    /// Released (the lane free again) when the guard is dropped.
+    lane: LaneClaim<'a, Lane>,
 }
 
 impl LaneGuard<'_> {
     fn get(&mut self) -> &mut Lane {
-        self.lane.as_mut().expect("present until drop")
+        &mut self.lane
     }
 
     /// The lane's index.
@@ -390,7 +392,7 @@ impl LaneGuard<'_> {
     /// # }
     /// ```
     pub fn index(&self) -> u32 {
-        self.lane.as_ref().expect("present until drop").log.lane()
+        self.lane.log.lane()
     }
 
     /// The lane's redo log and flush context (e.g. for the transaction layer's own commits;
@@ -427,14 +429,6 @@ impl std::fmt::Debug for LaneGuard<'_> {
     }
 }
 
-impl Drop for LaneGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(l) = self.lane.take() {
-            self.heap.lanes.put_near(thread_index(), l);
-        }
-    }
-}
-
 impl std::fmt::Debug for Heap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heap")
@@ -459,6 +453,9 @@ struct Group {
     /// Allocated blocks to free, and their offsets.
     free: SmallVec<[u32; 4]>,
     free_offsets: SmallVec<[u64; 4]>,
+    /// The publication empties the run: its header is cleared in the same commit. (A cell:
+    /// set while the run guards borrow the groups.)
+    release: Cell<bool>,
 }
 
 impl Group {
@@ -468,6 +465,7 @@ impl Group {
             publish: SmallVec::new(),
             free: SmallVec::new(),
             free_offsets: SmallVec::new(),
+            release: Cell::new(false),
         }
     }
 }
@@ -515,7 +513,7 @@ impl Heap {
             geo,
             base: pool.ptr_at(0, 1).as_ptr() as usize,
             logs,
-            lanes: LanePool::new(lanes),
+            lanes: LaneSlots::new(lanes),
             core: Arc::new(Core {
                 chunks: Mutex::new(Chunks {
                     unowned: vec![Vec::new(); classes],
@@ -701,11 +699,10 @@ impl Heap {
             return unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }
                 .map(|_| ());
         }
-        let mut l = self.lanes.take_near(thread_index());
+        let mut claim = self.lanes.claim_near(thread_index());
+        let l = &mut *claim;
         // SAFETY: as above.
-        let r = unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) };
-        self.lanes.put_near(thread_index(), l);
-        r.map(|_| ())
+        unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }.map(|_| ())
     }
 
     /// Reserves a log extension of at least `bytes` bytes (`docs/REDO.md` §4): a span when it
@@ -774,7 +771,7 @@ impl Heap {
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
-            lane: Some(self.lanes.take_near(thread_index())),
+            lane: self.lanes.claim_near(thread_index()),
         }
     }
 
@@ -795,7 +792,7 @@ impl Heap {
     pub fn try_lane(&self) -> Option<LaneGuard<'_>> {
         Some(LaneGuard {
             heap: self,
-            lane: Some(self.lanes.try_take_near(thread_index())?),
+            lane: self.lanes.try_claim_near(thread_index())?,
         })
     }
 
@@ -852,21 +849,10 @@ impl Heap {
     pub unsafe fn alloc(&self, pool: &Pool, size: u64, dest: u64) -> Result<u64> {
         self.check_pool(pool);
         self.check_dest(0, dest)?;
-        let r = self.reserve(pool, size)?;
-        let off = r.offset();
+        let mut r = [self.reserve(pool, size)?];
+        let off = r[0].offset();
         // SAFETY: forwarded from the caller (`dest` is its only extra word).
-        unsafe {
-            self.publish_inner(
-                pool,
-                None,
-                &mut vec![r],
-                &[],
-                &[(dest, off)],
-                &[],
-                Vec::new(),
-                None,
-            )
-        }?;
+        unsafe { self.publish_inner(pool, None, &mut r, &[], &[(dest, off)], &[], &[], None) }?;
         Ok(off)
     }
 
@@ -1104,18 +1090,9 @@ impl Heap {
         words: &[(u64, u64)],
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe {
-            self.publish_inner(
-                pool,
-                None,
-                reservations,
-                frees,
-                words,
-                &[],
-                Vec::new(),
-                None,
-            )
-        }
+        unsafe { self.publish_inner(pool, None, reservations, frees, words, &[], &[], None) }?;
+        reservations.clear(); // published: nothing to cancel
+        Ok(())
     }
 
     /// [`Heap::publish`] through a lane taken with [`Heap::lane`].
@@ -1278,10 +1255,12 @@ impl Heap {
                 frees,
                 words,
                 ranges,
-                Vec::new(),
+                &[],
                 ext,
             )
-        }
+        }?;
+        reservations.clear(); // published: nothing to cancel
+        Ok(())
     }
 
     /// The most 16-byte log slots a publication of `reservations` reservations, `frees`
@@ -1369,16 +1348,19 @@ impl Heap {
     ///
     /// `candidates`: empty runs to release if they are still empty (see `Core::release_queue`);
     /// a call without candidates first releases the queued ones in a commit of their own.
+    ///
+    /// On success every reservation is published (its `kind` taken: dropping it cancels
+    /// nothing); the caller removes them.
     #[allow(clippy::too_many_arguments)] // private: the one path every publication takes
     unsafe fn publish_inner(
         &self,
         pool: &Pool,
         mut lane: Option<&mut Lane>,
-        reservations: &mut Vec<Reservation>,
+        reservations: &mut [Reservation],
         frees: &[u64],
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
-        candidates: Vec<Arc<Run>>,
+        candidates: &[Arc<Run>],
         ext_given: Option<Reservation>,
     ) -> Result<()> {
         self.check_pool(pool);
@@ -1394,11 +1376,11 @@ impl Heap {
                     self.publish_inner(
                         pool,
                         lane.as_deref_mut(),
-                        &mut Vec::new(),
+                        &mut [],
                         &[],
                         &[],
                         &[],
-                        queued,
+                        &queued,
                         None,
                     )
                 }?;
@@ -1426,6 +1408,39 @@ impl Heap {
             self.publication_slots_bound(reservations.len(), frees.len(), words.len(), ranges)
                 + candidates.len();
         let ext_bytes = self.log_extension_bytes(bound);
+        if ext_bytes == 0
+            && ext_given.is_none()
+            && reservations.is_empty()
+            && frees.is_empty()
+            && candidates.is_empty()
+        {
+            // Only words and ranges, in the lane's log (a transaction that allocated and freed
+            // nothing): no run, span or chunk-allocator state is involved.
+            let entries: SmallVec<[RedoEntry; 8]> =
+                words.iter().map(|&(t, v)| RedoEntry::new(t, v)).collect();
+            // SAFETY: the targets and ranges are the caller's (checked above); no extension.
+            return unsafe { self.commit(pool, lane, &entries, ranges, None) };
+        }
+        if ext_bytes == 0
+            && ext_given.is_none()
+            && candidates.is_empty()
+            && reservations.len() + frees.len() == 1
+        {
+            // SAFETY: forwarded; the words and ranges were checked above.
+            let done = unsafe {
+                self.publish_one_block(
+                    pool,
+                    lane.as_deref_mut(),
+                    reservations,
+                    frees,
+                    words,
+                    ranges,
+                )
+            };
+            if let Some(r) = done {
+                return r;
+            }
+        }
         let ext = match ext_given {
             Some(r) => {
                 assert!(
@@ -1468,7 +1483,7 @@ impl Heap {
             }
         }
         let mut span_frees = Vec::new();
-        {
+        if !frees.is_empty() {
             let mut ch = lock(&self.core.chunks);
             for &offset in frees {
                 let invalid = AllocError::InvalidFree { offset };
@@ -1505,7 +1520,7 @@ impl Heap {
             }
         }
 
-        for run in &candidates {
+        for run in candidates {
             group_of(&mut groups, run);
         }
 
@@ -1515,8 +1530,8 @@ impl Heap {
         let mut guards: SmallVec<[MutexGuard<'_, RunState>; 2]> =
             groups.iter().map(|g| lock(&g.run.state)).collect();
         let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
-        let mut release: SmallVec<[bool; 2]> = smallvec::smallvec![false; groups.len()];
-        for (i, (g, st)) in groups.iter().zip(guards.iter_mut()).enumerate() {
+        let mut releases = false;
+        for (g, st) in groups.iter().zip(guards.iter_mut()) {
             if st.dead {
                 if g.publish.is_empty() && g.free.is_empty() {
                     continue; // a release candidate released meanwhile
@@ -1557,7 +1572,8 @@ impl Heap {
             let reserved_after = bits.reserved() as usize - g.publish.len();
             if st.on_media && used_after == 0 && reserved_after == 0 {
                 // The run becomes empty: release its chunks in the same log.
-                release[i] = true;
+                g.release.set(true);
+                releases = true;
                 entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
             }
         }
@@ -1572,7 +1588,7 @@ impl Heap {
         }
         entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
 
-        let mut ch = if release.contains(&true) || !span_frees.is_empty() || !span_res.is_empty() {
+        let mut ch = if releases || !span_frees.is_empty() || !span_res.is_empty() {
             let ch = lock(&self.core.chunks);
             for &(start, len, offset) in &span_frees {
                 // Another thread may have freed it since the lookup.
@@ -1594,7 +1610,7 @@ impl Heap {
 
         // Committed: update the volatile state.
         let mut relist = Vec::new();
-        for ((g, st), released) in groups.iter().zip(guards.iter_mut()).zip(release) {
+        for (g, st) in groups.iter().zip(guards.iter_mut()) {
             if st.dead {
                 continue; // a release candidate released before this publish
             }
@@ -1604,7 +1620,7 @@ impl Heap {
             if !g.publish.is_empty() {
                 st.on_media = true;
             }
-            if released {
+            if g.release.get() {
                 st.dead = true;
                 let ch = ch.as_mut().expect("locked for releases");
                 ch.objs.remove(&g.run.start);
@@ -1628,7 +1644,6 @@ impl Heap {
         }
         drop(ch);
         drop(guards);
-        reservations.clear();
         if !relist.is_empty() {
             let mut arena = self.core.arena();
             for run in relist {
@@ -1639,6 +1654,140 @@ impl Heap {
         // block is free again at once, with no lock held (`docs/REDO.md` §6.6).
         drop(ext);
         Ok(())
+    }
+
+    /// The publication of ONE block of a run (reserved or freed) with checked words and
+    /// ranges and no extension — an `alloc`, a `free`, a transaction that allocated or freed
+    /// one object — as the general path of [`Heap::publish_inner`] does it for a single
+    /// group (the same entries in the same order, the same checks and volatile updates),
+    /// without building groups. `None` if it is not that case (a span; a reservation in a
+    /// released run, which cannot happen): nothing was done, the general path takes it.
+    ///
+    /// # Safety
+    /// As [`Heap::publish`].
+    unsafe fn publish_one_block(
+        &self,
+        pool: &Pool,
+        lane: Option<&mut Lane>,
+        reservations: &mut [Reservation],
+        frees: &[u64],
+        words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
+    ) -> Option<Result<()>> {
+        // The run and block, and for a free its offset.
+        let (run, block, freed) = match (&*reservations, frees) {
+            ([r], []) => match r.kind.as_ref().expect("unpublished") {
+                ResKind::Block { run, block } => (Arc::clone(run), *block, None),
+                ResKind::Span { .. } => return None,
+            },
+            ([], &[offset]) => {
+                let invalid = AllocError::InvalidFree { offset };
+                let Some(chunk) = self.geo.chunk_of(offset) else {
+                    return Some(Err(invalid));
+                };
+                let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk);
+                match found {
+                    Err(e) => return Some(Err(e)),
+                    Ok(Some((start, Obj::Run(run)))) => {
+                        let c = run.class;
+                        let rel = offset - self.geo.chunk_offset(start);
+                        if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
+                            return Some(Err(invalid));
+                        }
+                        (run, (rel / c.size) as u32, Some(offset))
+                    }
+                    Ok(_) => return None, // a span, or not a block: the general path
+                }
+            }
+            _ => return None,
+        };
+        let mut st = lock(&run.state);
+        if st.dead {
+            // A freed block's run was released since the lookup; a run with reservations
+            // is never released.
+            return freed.map(|offset| Err(AllocError::InvalidFree { offset }));
+        }
+        if let Err(e) = self.load_bits(pool, &run, &mut st) {
+            return Some(Err(e));
+        }
+        let bits = st.bits.as_ref().expect("loaded");
+        let (w, bit) = ((block / 64) as usize, 1u64 << (block % 64));
+        let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
+        let start = run.start;
+        let (word, release) = match freed {
+            Some(offset) => {
+                if !bits.is_allocated(block) {
+                    return Some(Err(AllocError::DoubleFree { offset }));
+                }
+                // The last allocated block of a run on media, nothing reserved: the run
+                // becomes empty and is released in the same log.
+                let release = st.on_media && bits.used() == 1 && bits.reserved() == 0;
+                (bits.words()[w] & !bit, release)
+            }
+            None => {
+                assert!(bits.is_reserved(block), "block {block} is not reserved");
+                if !st.on_media {
+                    let header = ChunkHeader::Run {
+                        class: run.class.id,
+                        len: run.class.run_chunks,
+                    };
+                    entries.push(RedoEntry::new(
+                        self.geo.header_offset(start),
+                        header.encode(),
+                    ));
+                }
+                (bits.words()[w] | bit, false)
+            }
+        };
+        entries.push(RedoEntry::new(
+            self.geo.bitmap_offset(start) + w as u64 * 8,
+            word,
+        ));
+        if release {
+            entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
+        }
+        for &(t, v) in words {
+            entries.push(RedoEntry::new(t, v)); // (cheaper than `extend` for one or two)
+        }
+        let mut ch = release.then(|| lock(&self.core.chunks));
+
+        // SAFETY: the run's header and bitmap words are owned by its lock (held); the header
+        // of a released run by the chunk-allocator lock too (held); the words and ranges by
+        // the caller.
+        if let Err(e) = unsafe { self.commit(pool, lane, &entries, ranges, None) } {
+            return Some(Err(e));
+        }
+
+        // Committed: update the volatile state.
+        let bits = st.bits.as_mut().expect("loaded");
+        match freed {
+            Some(_) => bits.apply_publish(&[], &[block]),
+            None => bits.apply_publish(&[block], &[]),
+        }
+        let full = bits.is_full();
+        if freed.is_none() {
+            st.on_media = true;
+        }
+        let relist = if let Some(ch) = ch.as_mut() {
+            st.dead = true;
+            ch.objs.remove(&start);
+            ch.add_free(start, run.class.run_chunks);
+            false
+        } else if !st.listed && !full {
+            st.listed = true;
+            true
+        } else {
+            false
+        };
+        if let Some(r) = reservations.first_mut() {
+            r.kind = None;
+        }
+        drop(ch);
+        drop(st);
+        if relist {
+            self.core.arena()[usize::from(run.class.id)].push(run);
+        }
+        Some(Ok(()))
     }
 
     /// Finds the run or span holding chunk `chunk`, scanning up to it if needed.
@@ -1701,17 +1850,17 @@ impl Heap {
     /// # }
     /// ```
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
-        let words: Vec<(u64, u64)> = dest.map(|d| (d, 0)).into_iter().collect();
+        let cleared = dest.map(|d| (d, 0));
         // SAFETY: forwarded from the caller.
         unsafe {
             self.publish_inner(
                 pool,
                 None,
-                &mut Vec::new(),
+                &mut [],
                 &[offset],
-                &words,
+                cleared.as_slice(),
                 &[],
-                Vec::new(),
+                &[],
                 None,
             )
         }

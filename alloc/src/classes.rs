@@ -106,7 +106,13 @@ pub fn class(id: u8) -> Option<&'static SizeClass> {
 /// ```
 pub fn class_for(size: u64) -> Option<&'static SizeClass> {
     let t = classes();
-    let i = t.partition_point(|c| c.size < size.max(1));
+    // Up to 1024 bytes the classes are 16, 32, 48, then every multiple of 64 (ids 3..=18):
+    // computed, not searched (the common small allocation).
+    let i = match size {
+        0..=48 => size.max(1).div_ceil(16) as usize - 1,
+        49..=1024 => size.div_ceil(64) as usize + 2,
+        _ => t.partition_point(|c| c.size < size),
+    };
     t.get(i)
 }
 
@@ -194,5 +200,10 @@ mod tests {
             }
         }
         assert!(class(t.len() as u8).is_none());
+        // The computed small classes agree with a search of the table.
+        for size in 0..=2048 {
+            let searched = t.iter().find(|c| c.size >= size.max(1));
+            assert_eq!(class_for(size), searched, "size {size}");
+        }
     }
 }

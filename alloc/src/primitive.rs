@@ -3,9 +3,40 @@
 //! work inside `loom::model`, so a loom build is for the models only.
 
 #[cfg(loom)]
+pub use loom::sync::atomic::AtomicBool;
+#[cfg(loom)]
 pub use loom::sync::{Mutex, MutexGuard};
 #[cfg(not(loom))]
+pub use std::sync::atomic::AtomicBool;
+#[cfg(not(loom))]
 pub use std::sync::{Mutex, MutexGuard};
+
+/// An `UnsafeCell` whose accesses loom checks for data races (under `--cfg loom`; the plain
+/// `std` cell otherwise).
+#[derive(Debug)]
+pub struct RaceCell<T>(
+    #[cfg(loom)] loom::cell::UnsafeCell<T>,
+    #[cfg(not(loom))] std::cell::UnsafeCell<T>,
+);
+
+impl<T> RaceCell<T> {
+    /// A cell holding `value`.
+    pub fn new(value: T) -> RaceCell<T> {
+        #[cfg(loom)]
+        return RaceCell(loom::cell::UnsafeCell::new(value));
+        #[cfg(not(loom))]
+        RaceCell(std::cell::UnsafeCell::new(value))
+    }
+
+    /// A pointer to the value, recorded as a mutable access under loom (which reports it if
+    /// it does not happen-after every other access, or before it).
+    pub fn get_mut_ptr(&self) -> *mut T {
+        #[cfg(loom)]
+        return self.0.with_mut(|p| p);
+        #[cfg(not(loom))]
+        self.0.get()
+    }
+}
 
 /// Yields the processor (a loom scheduling point under loom).
 pub fn yield_now() {

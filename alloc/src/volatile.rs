@@ -4,12 +4,18 @@
 //! * [`RunBits`]: a run's bitmap as on media plus the volatile reservations on top of it (the
 //!   reserve / cancel / publish protocol of `docs/ALLOC.md` §8); the heap keeps one per run,
 //!   under the run's lock;
-//! * [`LanePool`]: the pool of free lanes (a [`Mutex`]-guarded stack).
+//! * [`LaneSlots`]: the heap's lanes, each in place with a claimed flag (a [`LaneClaim`] is
+//!   exclusive access to one); [`LanePool`]: a pool of items moved in and out by value (a
+//!   [`Mutex`]-guarded stack per stripe).
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering;
 
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
-use crate::primitive::{lock, yield_now, Mutex};
+use crate::primitive::{lock, yield_now, AtomicBool, Mutex, RaceCell};
 
 /// A run's allocation bitmap (`bits`, equal to the media once loaded) and its reserved blocks
 /// (volatile only). A block is *taken* if it is allocated or reserved; `reserve` hands out
@@ -248,26 +254,27 @@ impl RunBits {
     pub fn publish_words(&self, publish: &[u32], free: &[u32]) -> SmallVec<[(usize, u64); 4]> {
         // Usually one or two words: a small inline vector with a linear search beats a map.
         let mut words: SmallVec<[(usize, u64); 4]> = SmallVec::new();
-        let index = |words: &mut SmallVec<[(usize, u64); 4]>, w: usize| -> usize {
-            match words.iter().position(|&(x, _)| x == w) {
-                Some(i) => i,
+        let mut change = |w: usize, set: u64, clear: u64| {
+            let v = match words.iter_mut().find(|(x, _)| *x == w) {
+                Some((_, v)) => v,
                 None => {
                     words.push((w, self.bits[w]));
-                    words.len() - 1
+                    &mut words.last_mut().expect("just pushed").1
                 }
-            }
+            };
+            *v = (*v | set) & !clear;
         };
         for &b in publish {
             assert!(self.is_reserved(b), "block {b} is not reserved");
-            let i = index(&mut words, (b / 64) as usize);
-            words[i].1 |= 1 << (b % 64);
+            change((b / 64) as usize, 1 << (b % 64), 0);
         }
         for &b in free {
             assert!(self.is_allocated(b), "block {b} is not allocated");
-            let i = index(&mut words, (b / 64) as usize);
-            words[i].1 &= !(1 << (b % 64));
+            change((b / 64) as usize, 0, 1 << (b % 64));
         }
-        words.sort_unstable_by_key(|&(w, _)| w);
+        if words.len() > 1 {
+            words.sort_unstable_by_key(|&(w, _)| w);
+        }
         words
     }
 
@@ -289,11 +296,20 @@ impl RunBits {
     /// assert_eq!((run.used(), run.reserved()), (1, 0));
     /// ```
     pub fn apply_publish(&mut self, publish: &[u32], free: &[u32]) {
-        for (w, v) in self.publish_words(publish, free) {
-            self.bits[w] = v;
+        // Every block checked before anything changes (a panic leaves the run as it was).
+        for &b in publish {
+            assert!(self.is_reserved(b), "block {b} is not reserved");
+        }
+        for &b in free {
+            assert!(self.is_allocated(b), "block {b} is not allocated");
         }
         for &b in publish {
-            self.reserved[(b / 64) as usize] &= !(1 << (b % 64));
+            let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+            self.bits[w] |= bit;
+            self.reserved[w] &= !bit;
+        }
+        for &b in free {
+            self.bits[(b / 64) as usize] &= !(1 << (b % 64));
         }
         self.nreserved -= publish.len() as u32;
         self.used = self.used + publish.len() as u32 - free.len() as u32;
@@ -460,5 +476,252 @@ impl<T> LanePool<T> {
     /// ```
     pub fn available(&self) -> usize {
         self.stripes.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+/// Items (the heap's lanes) that stay in place, each claimed exclusively through its own flag:
+/// claiming is one compare-and-swap on the slot the `hint` names (or the next free one), and
+/// nothing is moved (a lane is a redo log handle and a flush context: moving it in and out of
+/// a locked stack cost more than the lock).
+///
+/// ```
+/// use pmstore_alloc::volatile::LaneSlots;
+///
+/// let lanes = LaneSlots::new(vec![10u32, 11, 12]);
+/// let mut a = lanes.claim_near(1);
+/// assert_eq!((a.index(), *a), (1, 11)); // the hinted slot, free
+/// *a += 100; // exclusive while claimed
+/// let b = lanes.claim_near(1); // taken: the next free one
+/// assert_eq!(b.index(), 2);
+/// assert_eq!(lanes.available(), 1);
+/// drop((a, b));
+/// assert_eq!(*lanes.claim_near(1), 111);
+/// ```
+pub struct LaneSlots<T> {
+    slots: Box<[CachePadded<LaneSlot<T>>]>,
+}
+
+struct LaneSlot<T> {
+    /// Set by the claim that owns `item`, cleared (release) when that claim ends.
+    claimed: AtomicBool,
+    item: RaceCell<T>,
+}
+
+// SAFETY: an item is accessed only through the one `LaneClaim` that set its slot's flag (an
+// acquire compare-and-swap, paired with the release store that ended the previous claim), so
+// sharing the slots between threads only ever moves exclusive access to a `T` from one thread
+// to another: what `T: Send` allows.
+unsafe impl<T: Send> Sync for LaneSlots<T> {}
+
+impl<T> std::fmt::Debug for LaneSlots<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneSlots")
+            .field("slots", &self.slots.len())
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
+/// Claiming and releasing slots.
+///
+/// ```
+/// use pmstore_alloc::volatile::LaneSlots;
+///
+/// let lanes = LaneSlots::new(vec!['a']);
+/// let x = lanes.try_claim_near(0).unwrap();
+/// assert!(lanes.try_claim_near(0).is_none()); // all claimed
+/// drop(x); // released
+/// assert_eq!(*lanes.claim_near(7), 'a');
+/// ```
+impl<T> LaneSlots<T> {
+    /// Slots holding `items`, all free (slot `i` holds `items[i]`).
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    ///
+    /// let lanes = LaneSlots::new((0..20).collect::<Vec<u32>>());
+    /// assert_eq!(lanes.len(), 20);
+    /// assert_eq!(lanes.available(), 20);
+    /// ```
+    pub fn new(items: Vec<T>) -> LaneSlots<T> {
+        LaneSlots {
+            slots: items
+                .into_iter()
+                .map(|item| {
+                    CachePadded::new(LaneSlot {
+                        claimed: AtomicBool::new(false),
+                        item: RaceCell::new(item),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Number of slots.
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    ///
+    /// assert_eq!(LaneSlots::new(vec![(); 3]).len(), 3);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no slots (then nothing can be claimed).
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    ///
+    /// assert!(LaneSlots::<u8>::new(Vec::new()).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Claims a free slot, trying slot `hint % len` first and then the following ones, or
+    /// `None` if all are claimed.
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    ///
+    /// let lanes = LaneSlots::new(vec![0, 1]);
+    /// let a = lanes.try_claim_near(3).unwrap();
+    /// assert_eq!(a.index(), 1); // 3 % 2
+    /// let b = lanes.try_claim_near(3).unwrap();
+    /// assert_eq!(b.index(), 0); // slot 1 claimed: the next one, wrapping
+    /// assert!(lanes.try_claim_near(3).is_none());
+    /// ```
+    pub fn try_claim_near(&self, hint: usize) -> Option<LaneClaim<'_, T>> {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        let mut index = hint % n;
+        for _ in 0..n {
+            let flag = &self.slots[index].claimed;
+            // The plain load first: a claimed slot's line is not written (not taken
+            // exclusive) by a thread passing by.
+            if !flag.load(Ordering::Relaxed)
+                && flag
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // Only now: a claim made for a slot we did not get would release it when
+                // dropped.
+                return Some(LaneClaim {
+                    slots: self,
+                    index,
+                    _item: PhantomData,
+                });
+            }
+            index = if index + 1 == n { 0 } else { index + 1 };
+        }
+        None
+    }
+
+    /// Claims a free slot as [`LaneSlots::try_claim_near`] does, yielding until one is free.
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    /// use std::sync::Arc;
+    ///
+    /// let lanes = Arc::new(LaneSlots::new(vec![1u8]));
+    /// let held = lanes.claim_near(0);
+    /// let l = Arc::clone(&lanes);
+    /// let waiter = std::thread::spawn(move || *l.claim_near(0)); // waits for the slot
+    /// drop(held);
+    /// assert_eq!(waiter.join().unwrap(), 1);
+    /// ```
+    pub fn claim_near(&self, hint: usize) -> LaneClaim<'_, T> {
+        loop {
+            if let Some(c) = self.try_claim_near(hint) {
+                return c;
+            }
+            yield_now();
+        }
+    }
+
+    /// Slots currently free.
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    ///
+    /// let lanes = LaneSlots::new(vec![(); 4]);
+    /// let _a = lanes.claim_near(0);
+    /// assert_eq!(lanes.available(), 3);
+    /// ```
+    pub fn available(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !s.claimed.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+/// Exclusive access to one slot's item of a [`LaneSlots`], until dropped (which releases it).
+///
+/// ```
+/// use pmstore_alloc::volatile::LaneSlots;
+///
+/// let lanes = LaneSlots::new(vec![String::new()]);
+/// lanes.claim_near(0).push_str("kept in place");
+/// assert_eq!(&*lanes.claim_near(0), "kept in place");
+/// ```
+pub struct LaneClaim<'a, T> {
+    slots: &'a LaneSlots<T>,
+    index: usize,
+    /// Shared like a `&mut T` (`Sync` only if `T` is): `deref` hands out `&T`.
+    _item: PhantomData<&'a mut T>,
+}
+
+impl<T> LaneClaim<'_, T> {
+    /// The slot's index.
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::LaneSlots;
+    ///
+    /// let lanes = LaneSlots::new(vec![(); 2]);
+    /// assert_eq!(lanes.claim_near(1).index(), 1);
+    /// ```
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl<T> Deref for LaneClaim<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: this claim set the slot's flag (acquire) and has not cleared it, so no other
+        // claim of the slot exists; the previous one's accesses happen-before ours (its
+        // release store). Borrowed from `self`: no access outlives the claim.
+        unsafe { &*self.slots.slots[self.index].item.get_mut_ptr() }
+    }
+}
+
+impl<T> DerefMut for LaneClaim<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; and `&mut self` excludes every other reference made through
+        // this claim.
+        unsafe { &mut *self.slots.slots[self.index].item.get_mut_ptr() }
+    }
+}
+
+impl<T> Drop for LaneClaim<'_, T> {
+    fn drop(&mut self) {
+        // Release: our accesses to the item happen-before the next claim's.
+        self.slots.slots[self.index]
+            .claimed
+            .store(false, Ordering::Release);
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for LaneClaim<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneClaim")
+            .field("index", &self.index)
+            .field("item", &**self)
+            .finish()
     }
 }

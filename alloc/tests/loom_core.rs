@@ -1,6 +1,7 @@
 //! Loom models of the allocator's volatile concurrent core (no pool involved): the
 //! reserve / cancel / publish protocol on a run's [`RunBits`] under the run's lock, as
-//! `Heap::reserve`, `Heap::cancel` and `Heap::publish` use it, and the lane pool.
+//! `Heap::reserve`, `Heap::cancel` and `Heap::publish` use it, the lane slots (the heap's
+//! lanes, claimed in place) and the lane pool.
 //!
 //! `RUSTFLAGS="--cfg loom" cargo test -p pmstore-alloc --test loom_core --release`
 #![cfg(loom)]
@@ -11,7 +12,7 @@ use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use pmstore_alloc::primitive::{lock, Mutex};
-use pmstore_alloc::volatile::{LanePool, RunBits};
+use pmstore_alloc::volatile::{LanePool, LaneSlots, RunBits};
 
 /// What one thread does with each block it reserves.
 #[derive(Clone, Copy)]
@@ -136,4 +137,56 @@ fn lane_pool_hands_each_lane_to_one_thread_at_a_time() {
         }
         assert_eq!(pool.available(), lanes, "a lane was lost");
     });
+}
+
+/// One thread per plan claims, for each hint of its plan in turn, a lane of `lanes` near the
+/// hint (waiting, yielding, while all are claimed), writes to it through the claim and
+/// releases it: loom checks that the writes never race (the cell reports accesses not ordered
+/// by happens-before) and the flags that no lane is claimed twice at once; at the end every
+/// lane is free and holds every write.
+fn model_lane_slots(lanes: usize, plans: &'static [&'static [usize]]) {
+    loom::model(move || {
+        let in_use: Arc<Vec<AtomicBool>> =
+            Arc::new((0..lanes).map(|_| AtomicBool::new(false)).collect());
+        let slots = Arc::new(LaneSlots::new(vec![0usize; lanes]));
+        let handles: Vec<_> = plans
+            .iter()
+            .map(|&plan| {
+                let (slots, in_use) = (Arc::clone(&slots), Arc::clone(&in_use));
+                thread::spawn(move || {
+                    for &hint in plan {
+                        let mut claim = slots.claim_near(hint);
+                        let l = claim.index();
+                        assert!(
+                            !in_use[l].swap(true, Ordering::SeqCst),
+                            "lane {l} claimed twice"
+                        );
+                        *claim += 1;
+                        in_use[l].store(false, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(slots.available(), lanes, "a lane was lost");
+        let total: usize = (0..lanes).map(|i| *slots.claim_near(i)).sum();
+        let claims: usize = plans.iter().map(|p| p.len()).sum();
+        assert_eq!(total, claims, "a write was lost");
+    });
+}
+
+#[test]
+fn lane_slots_one_lane_two_threads() {
+    // The second thread waits, yielding, in `claim_near`.
+    model_lane_slots(1, &[&[0], &[0]]);
+}
+
+#[test]
+fn lane_slots_two_lanes_same_hint() {
+    // Both threads try lane 1 first: the one that loses it moves on to lane 0 (wrapping), or
+    // takes lane 1 after the other released it; its second claim then tries lane 1 again
+    // (this model caught a failed claim attempt releasing the lane it had not got).
+    model_lane_slots(2, &[&[1], &[1, 1]]);
 }
