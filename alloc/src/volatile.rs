@@ -5,8 +5,7 @@
 //!   reserve / cancel / publish protocol of `docs/ALLOC.md` §8); the heap keeps one per run,
 //!   under the run's lock;
 //! * [`LaneSlots`]: the heap's lanes, each in place with a claimed flag (a [`LaneClaim`] is
-//!   exclusive access to one); [`LanePool`]: a pool of items moved in and out by value (a
-//!   [`Mutex`]-guarded stack per stripe).
+//!   exclusive access to one), claimed with one compare-and-swap and never moved.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -15,7 +14,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
-use crate::primitive::{lock, yield_now, AtomicBool, Mutex, RaceCell};
+use crate::primitive::{yield_now, AtomicBool, RaceCell};
 
 /// A run's allocation bitmap (`bits`, equal to the media once loaded) and its reserved blocks
 /// (volatile only). A block is *taken* if it is allocated or reserved; `reserve` hands out
@@ -313,169 +312,6 @@ impl RunBits {
         }
         self.nreserved -= publish.len() as u32;
         self.used = self.used + publish.len() as u32 - free.len() as u32;
-    }
-}
-
-/// A pool of lanes (or anything exclusive): [`LanePool::take`] waits for one.
-///
-/// The items are spread over up to [`LANE_STRIPES`] stripes, each its own mutex on its own
-/// cache line; a thread takes from and returns to the stripe its `hint` names first, so
-/// threads with different hints do not bounce one mutex between cores (with one mutex, the
-/// lane pool took a fifth of the time of two threads allocating).
-///
-/// ```
-/// use pmstore_alloc::volatile::LanePool;
-///
-/// let lanes = LanePool::new(vec![0u32, 1, 2]);
-/// let lane = lanes.take();
-/// assert_eq!(lanes.available(), 2);
-/// lanes.put(lane);
-/// assert_eq!(lanes.available(), 3);
-/// ```
-#[derive(Debug)]
-pub struct LanePool<T> {
-    stripes: Box<[CachePadded<Mutex<Vec<T>>>]>,
-}
-
-/// Most stripes a [`LanePool`] has.
-pub const LANE_STRIPES: usize = 8;
-
-/// Taking and returning items, with or without a stripe hint.
-///
-/// ```
-/// use pmstore_alloc::volatile::LanePool;
-///
-/// let pool = LanePool::new(vec!['a']);
-/// let x = pool.try_take().unwrap();
-/// assert!(pool.try_take().is_none()); // all taken
-/// pool.put(x);
-/// assert_eq!(pool.take(), 'a');
-/// ```
-impl<T> LanePool<T> {
-    /// A pool holding `items`, dealt round-robin over the stripes.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new((0..20).collect::<Vec<u32>>());
-    /// assert_eq!(pool.available(), 20);
-    /// ```
-    pub fn new(items: Vec<T>) -> LanePool<T> {
-        let n = items.len().clamp(1, LANE_STRIPES);
-        let mut stripes: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
-        for (i, item) in items.into_iter().enumerate() {
-            stripes[i % n].push(item);
-        }
-        LanePool {
-            stripes: stripes
-                .into_iter()
-                .map(|v| CachePadded::new(Mutex::new(v)))
-                .collect(),
-        }
-    }
-
-    /// Takes an item, or `None` if all are taken.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new(vec![7]);
-    /// assert_eq!(pool.try_take(), Some(7));
-    /// assert_eq!(pool.try_take(), None);
-    /// ```
-    pub fn try_take(&self) -> Option<T> {
-        self.try_take_near(0)
-    }
-
-    /// Takes an item, trying stripe `hint` first, or `None` if all are taken.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new(vec![0, 1]); // two stripes: [0] and [1]
-    /// assert_eq!(pool.try_take_near(1), Some(1));
-    /// assert_eq!(pool.try_take_near(1), Some(0)); // stripe 1 empty: tries the others
-    /// assert_eq!(pool.try_take_near(1), None);
-    /// ```
-    pub fn try_take_near(&self, hint: usize) -> Option<T> {
-        let n = self.stripes.len();
-        (0..n).find_map(|i| lock(&self.stripes[(hint + i) % n]).pop())
-    }
-
-    /// Takes an item, yielding until one is free.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    /// use std::sync::Arc;
-    ///
-    /// let pool = Arc::new(LanePool::new(vec![1u8]));
-    /// let held = pool.take();
-    /// let p = Arc::clone(&pool);
-    /// let waiter = std::thread::spawn(move || p.take()); // waits for the lane
-    /// pool.put(held);
-    /// assert_eq!(waiter.join().unwrap(), 1);
-    /// ```
-    pub fn take(&self) -> T {
-        self.take_near(0)
-    }
-
-    /// Takes an item, trying stripe `hint` first, yielding until one is free.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new(vec![10, 11, 12]);
-    /// assert_eq!(pool.take_near(2), 12); // item 2 was dealt to stripe 2
-    /// assert_eq!(pool.available(), 2);
-    /// ```
-    pub fn take_near(&self, hint: usize) -> T {
-        loop {
-            if let Some(l) = self.try_take_near(hint) {
-                return l;
-            }
-            yield_now();
-        }
-    }
-
-    /// Returns an item.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new(Vec::<u32>::new());
-    /// assert_eq!(pool.try_take(), None);
-    /// pool.put(5);
-    /// assert_eq!(pool.try_take(), Some(5));
-    /// ```
-    pub fn put(&self, item: T) {
-        self.put_near(0, item);
-    }
-
-    /// Returns an item to stripe `hint`.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new(vec![0, 1]);
-    /// let x = pool.take_near(1);
-    /// pool.put_near(1, x); // back to its own stripe
-    /// assert_eq!(pool.try_take_near(1), Some(1));
-    /// ```
-    pub fn put_near(&self, hint: usize, item: T) {
-        lock(&self.stripes[hint % self.stripes.len()]).push(item);
-    }
-
-    /// Items currently free.
-    ///
-    /// ```
-    /// use pmstore_alloc::volatile::LanePool;
-    ///
-    /// let pool = LanePool::new(vec![(); 4]);
-    /// let _a = pool.take();
-    /// assert_eq!(pool.available(), 3);
-    /// ```
-    pub fn available(&self) -> usize {
-        self.stripes.iter().map(|s| lock(s).len()).sum()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Loom models of the allocator's volatile concurrent core (no pool involved): the
 //! reserve / cancel / publish protocol on a run's [`RunBits`] under the run's lock, as
 //! `Heap::reserve`, `Heap::cancel` and `Heap::publish` use it, the lane slots (the heap's
-//! lanes, claimed in place) and the lane pool.
+//! lanes, claimed in place).
 //!
 //! `RUSTFLAGS="--cfg loom" cargo test -p pmstore-alloc --test loom_core --release`
 #![cfg(loom)]
@@ -12,7 +12,7 @@ use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use pmstore_alloc::primitive::{lock, Mutex};
-use pmstore_alloc::volatile::{LanePool, LaneSlots, RunBits};
+use pmstore_alloc::volatile::{LaneSlots, RunBits};
 
 /// What one thread does with each block it reserves.
 #[derive(Clone, Copy)]
@@ -108,35 +108,6 @@ fn reserve_on_a_nearly_full_run_three_threads() {
         &[0, 1],
         &[&[Fate::Publish], &[Fate::Cancel], &[Fate::Publish]],
     );
-}
-
-#[test]
-fn lane_pool_hands_each_lane_to_one_thread_at_a_time() {
-    loom::model(|| {
-        let lanes = 1usize;
-        let in_use: Arc<Vec<AtomicBool>> =
-            Arc::new((0..lanes).map(|_| AtomicBool::new(false)).collect());
-        let pool = Arc::new(LanePool::new((0..lanes).collect::<Vec<usize>>()));
-        // Two threads contend for one lane (the second waits, yielding, in `take`).
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let (pool, in_use) = (Arc::clone(&pool), Arc::clone(&in_use));
-                thread::spawn(move || {
-                    let l = pool.take();
-                    assert!(
-                        !in_use[l].swap(true, Ordering::SeqCst),
-                        "lane {l} taken twice"
-                    );
-                    in_use[l].store(false, Ordering::SeqCst);
-                    pool.put(l);
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-        assert_eq!(pool.available(), lanes, "a lane was lost");
-    });
 }
 
 /// One thread per plan claims, for each hint of its plan in turn, a lane of `lanes` near the
