@@ -29,6 +29,23 @@ pub(crate) fn mask_of(lines: &[u64]) -> u64 {
     lines.iter().fold(0, |m, &l| m | line_bit(l))
 }
 
+/// Lines a [`target_mask`] enumerates before it gives up and answers `u64::MAX` (which a mask
+/// of that many lines almost surely is anyway).
+const MASK_LINES: u64 = 256;
+
+/// The Bloom mask of every cache line `[target, target + len)` touches, OR-ed into `m`
+/// (`u64::MAX` beyond [`MASK_LINES`] lines).
+pub(crate) fn add_range_mask(m: u64, target: u64, len: u64) -> u64 {
+    if len == 0 {
+        return m;
+    }
+    let (first, end) = (target / 64, (target + len).div_ceil(64));
+    if end - first > MASK_LINES {
+        return u64::MAX;
+    }
+    (first..end).fold(m, |m, l| m | line_bit(l * 64))
+}
+
 /// Whether two sorted, deduplicated line lists share a line.
 pub(crate) fn overlap(a: &[u64], b: &[u64]) -> bool {
     let (mut i, mut j) = (0, 0);
@@ -60,6 +77,11 @@ pub(crate) struct LaneState {
     /// Per slot: the sequence number of the slot's last invalidated log while that
     /// invalidation is not known to be durable (the pending-invalidation set), else 0.
     pub(crate) pending: [AtomicU64; 2],
+    /// Per slot: the Bloom mask ([`line_bit`]) of the lines of the log whose invalidation is
+    /// pending, or `u64::MAX` (unknown: every commit flushes it). Stored before the token, so
+    /// a reader that sees a token reads its mask or the mask of a newer token of the slot (whose
+    /// log overwrote the older one's header durably: the older log is no longer valid).
+    pub(crate) pending_mask: [AtomicU64; 2],
     /// The slot the lane's next commit writes (owner only).
     pub(crate) next_slot: AtomicU32,
     /// Other lanes' commits currently helping this lane's live log (registered before they
@@ -84,6 +106,7 @@ impl LaneState {
     pub(crate) fn new() -> LaneState {
         LaneState {
             pending: [AtomicU64::new(0), AtomicU64::new(0)],
+            pending_mask: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
             next_slot: AtomicU32::new(0),
             helpers: AtomicU32::new(0),
             resolved: AtomicU64::new(0),

@@ -1423,10 +1423,18 @@ impl Shared {
     /// Publishes the pending invalidation `seq` of `(lane, slot)`, after the zero store to its
     /// header word. The owner stores its own tokens; a helper only fills an empty token (a
     /// non-zero token of the same slot covers the same header line).
+    ///
+    /// `mask`: the Bloom mask of the log's lines (`u64::MAX` if unknown), stored before the
+    /// token (a helper's store of `u64::MAX` only ever widens it).
     #[inline]
-    fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool) {
-        let t = &self.lanes[lane as usize].pending[slot as usize];
-        // Release: the zero store happens-before any load that sees the token.
+    fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool, mask: u64) {
+        let st = &self.lanes[lane as usize];
+        let t = &st.pending[slot as usize];
+        let m = &st.pending_mask[slot as usize];
+        if m.load(Ordering::Relaxed) != mask {
+            m.store(mask, Ordering::Relaxed);
+        }
+        // Release: the zero store (and the mask) happen-before any load that sees the token.
         if owner {
             t.store(seq, Ordering::Release);
         } else {
@@ -1436,13 +1444,15 @@ impl Shared {
     }
 
     /// Flushes the header line of every log region (except `skip`, `(lane, slot)`: the one
-    /// the caller overwrites) with a pending invalidation and records `(lane, slot, token)` in
-    /// `covered`, for [`Shared::clear_covered`] after the drain.
+    /// the caller overwrites) with a pending invalidation whose log may share a line with the
+    /// caller's (its mask meets `filter`; `u64::MAX`: every one) and records
+    /// `(lane, slot, token)` in `covered`, for [`Shared::clear_covered`] after the drain.
     fn flush_pending(
         &self,
         pool: &Pool,
         ctx: &mut FlushContext,
         skip: Option<(u32, u32)>,
+        filter: u64,
         covered: &mut Vec<(u32, u32, u64)>,
     ) {
         covered.clear();
@@ -1453,6 +1463,16 @@ impl Shared {
                 // flushed below holds the zero or something later.
                 let token = pending[slot as usize].load(Ordering::Acquire);
                 if token == 0 || Some((lane, slot)) == skip {
+                    continue;
+                }
+                // The mask read after the token is its own or a newer token's of the slot
+                // (`LaneState::pending_mask`). A log sharing no line with the caller's needs no
+                // flush here (§6.3): whichever later log shares a line with it flushes it.
+                if filter != u64::MAX
+                    && self.lanes[lane as usize].pending_mask[slot as usize].load(Ordering::Relaxed)
+                        & filter
+                        == 0
+                {
                     continue;
                 }
                 pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
@@ -1542,7 +1562,7 @@ impl Shared {
             // own invalidation store also writes 0.
             let zeroed = unsafe { cas_word(pool, off, h.log.header_word, 0) };
             if zeroed {
-                self.publish_token(h.lane, h.log.slot, h.log.seq, false);
+                self.publish_token(h.lane, h.log.slot, h.log.seq, false, u64::MAX);
             }
             st.resolved.fetch_max(h.log.seq, Ordering::AcqRel);
             st.helpers.fetch_sub(1, Ordering::SeqCst);
@@ -2247,7 +2267,7 @@ impl RedoLogs {
         if !helped.is_empty() {
             // The invalidations already stored (older logs') must be durable before the
             // helped logs' ones can be (§6.3): flush them with the helped logs' values.
-            sh.flush_pending(pool, ctx, None, &mut covered);
+            sh.flush_pending(pool, ctx, None, u64::MAX, &mut covered);
             let r = pool.drain(ctx);
             if r.is_err() {
                 sh.abandon_help(&mut helped);
@@ -2257,7 +2277,7 @@ impl RedoLogs {
             sh.finish_help(pool, &mut helped);
         }
         let first = covered.len();
-        sh.flush_pending(pool, ctx, None, &mut covered);
+        sh.flush_pending(pool, ctx, None, u64::MAX, &mut covered);
         pool.drain(ctx)?;
         sh.clear_covered(&covered);
         Ok(first + covered.len())
@@ -2446,7 +2466,8 @@ impl LaneLog {
     /// Atomically stores every word entry, then copies every range, durably, with exactly two
     /// drains through `ctx`:
     ///
-    /// 1. flush the header lines of other lanes' pending invalidations;
+    /// 1. flush the header lines of other lanes' pending invalidations (without live logs:
+    ///    only those of logs that may share a line with this one, `docs/REDO.md` §4 1d);
     /// 2. write the slots (word entries, then range entries with their data), then the
     ///    header; flush the log's lines (non-temporal stores for a body of 256 bytes or more);
     /// 3. drain #1 — **the commit point**: the update is durable from here on;
@@ -2718,7 +2739,23 @@ impl LaneLog {
         // 1d. Pending invalidations of every log region but the one we overwrite (our
         // header replaces it): this commit's values must not outlive its log while an older
         // log sharing a word may still be valid (§6.3), whatever lane it is in.
-        sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
+        // Without live logs (the cache-flush modes) only the invalidations of logs that may
+        // share a line with this one (Bloom masks: the targets and the extension): a commit
+        // touching other objects than another lane's last one leaves that lane's header line
+        // alone, so threads on disjoint objects do not pull each other's lines. With live logs
+        // every one, as the deferred protocol's argument assumes (§6.3).
+        let own_mask = if live {
+            u64::MAX
+        } else {
+            let m = entries
+                .iter()
+                .fold(0, |m, e| m | live::line_bit(e.target & !(CACHE_LINE - 1)));
+            let m = ranges.iter().fold(m, |m, r| {
+                live::add_range_mask(m, r.target, r.data.len() as u64)
+            });
+            live::add_range_mask(m, ext_off, ext_len)
+        };
+        sh.flush_pending(pool, ctx, Some((lane, slot)), own_mask, &mut self.covered);
 
         // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
         // count) word last.
@@ -2792,7 +2829,7 @@ impl LaneLog {
             // SAFETY: our lane's header word, as in step 2 (a helper may compare-exchange it
             // to 0 concurrently: the same value).
             unsafe { store_word(pool, poff, 0) };
-            sh.publish_token(lane, prev_slot, p.seq, true);
+            sh.publish_token(lane, prev_slot, p.seq, true, u64::MAX);
         }
         if !self.helped.is_empty() {
             sh.finish_help(pool, &mut self.helped);
@@ -2857,7 +2894,7 @@ impl LaneLog {
             }
             let stored = prev.is_some() || helped_count > 0;
             if stored {
-                sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
+                sh.flush_pending(pool, ctx, Some((lane, slot)), u64::MAX, &mut self.covered);
             }
             pool.drain(ctx)?;
             if stored {
@@ -2871,7 +2908,7 @@ impl LaneLog {
             }
             // SAFETY: our slot's header word, as in step 2.
             unsafe { store_word(pool, off, 0) };
-            sh.publish_token(lane, slot, seq, true);
+            sh.publish_token(lane, slot, seq, true, own_mask);
         }
         // The next commit writes the other region only if this log is live (its values not
         // yet durable); an invalidated log's region is reused, so that its pending

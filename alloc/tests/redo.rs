@@ -357,6 +357,51 @@ fn pending_invalidations_are_flushed_by_the_next_committer() {
     assert_eq!(read_word(&pool, h), 6);
 }
 
+/// Without live logs (deferral off, as in the cache-flush modes) a commit flushes only the
+/// pending invalidations of logs that may share a line with its own (Bloom masks): threads
+/// working on disjoint objects leave each other's header lines alone.
+#[test]
+fn without_live_logs_only_overlapping_pending_invalidations_are_flushed() {
+    let (_dir, path) = scratch();
+    let mut pool = create(&path, ModeRequest::Flush);
+    let (logs, _) = RedoLogs::recover(&mut pool).unwrap();
+    logs.set_deferred_apply(false);
+    let (mut a, mut b) = (logs.lane(0).unwrap(), logs.lane(7).unwrap());
+    let mut ctx = pool.flush_context();
+    let h = heap(&pool);
+    let commit =
+        |l: &mut pmstore_alloc::redo::LaneLog, ctx: &mut pmstore_pool::FlushContext, t, v| {
+            // SAFETY: single-threaded: this thread owns the targets; one RedoLogs.
+            let s = unsafe { l.commit(&pool, ctx, &[e(t, v)]) }.unwrap();
+            assert_eq!(s.drains, 2);
+            s.pending_lines
+        };
+    assert_eq!(commit(&mut a, &mut ctx, h, 1), 0);
+    assert_eq!(logs.pending_invalidations(), 1); // a's log, invalidated, not flushed
+                                                 // b stores to other lines: only a Bloom collision (1 in 64 per line) makes it flush a's
+                                                 // header. Among 8 different lines, most leave it alone.
+    let (mut skipped, mut a_pending) = (0, true);
+    for k in 1..=8u64 {
+        let flushed = commit(&mut b, &mut ctx, h + 4096 * k, k);
+        assert!(flushed <= usize::from(a_pending)); // b's own region is overwritten, not flushed
+        if a_pending && flushed == 0 {
+            skipped += 1;
+        }
+        a_pending &= flushed == 0;
+        // b's own invalidation, and a's unless flushed.
+        assert_eq!(logs.pending_invalidations(), 1 + usize::from(a_pending));
+    }
+    assert!(
+        skipped >= 4,
+        "only {skipped} of 8 unrelated commits skipped a's header"
+    );
+    // A commit sharing a's line must flush a's invalidation before its own drain.
+    assert_eq!(commit(&mut b, &mut ctx, h + 8, 9), usize::from(a_pending));
+    assert_eq!(logs.pending_invalidations(), 1); // only b's own remains
+    assert_eq!(read_word(&pool, h), 1);
+    assert_eq!(read_word(&pool, h + 8), 9);
+}
+
 #[test]
 fn lanes_are_handed_out_once() {
     let (_dir, path) = scratch();
@@ -943,4 +988,99 @@ fn a_legacy_single_region_log_is_replayed_in_a_pool_without_the_incompat_bit() {
     assert_eq!(r.logs_replayed, 0);
     assert!(r.invalid_cleared >= 1, "{r:?}");
     assert_eq!(read_word(&p, entries[0].target), 0);
+}
+
+/// Crash exploration of commits through two lanes with deferral off, where each commit flushes
+/// only the pending invalidations of logs that may share a line with it (Bloom masks): at every
+/// drain, every crash image must recover to the words before or after the commit in progress.
+/// The sequence makes the dangerous case happen: a log left valid on the media (its
+/// invalidation pending), a later log of the other lane changing its word, then commits that
+/// make that later log disappear (its region reused) — unless the older invalidation was
+/// flushed in time, recovery would replay the older value.
+#[test]
+fn two_lanes_with_filtered_pending_invalidations_recover_at_every_drain() {
+    let (mut pool, sim) =
+        Pool::create_simulated(&CreateOptions::new(LAYOUT, MIN_POOL_SIZE)).unwrap();
+    let (logs, _) = RedoLogs::recover(&mut pool).unwrap();
+    logs.set_deferred_apply(false);
+    let h = heap(&pool);
+    // Eight words on four lines, far apart (two share a line).
+    let w: Vec<u64> = [0u64, 8, 4096, 8192, 12288, 12296, 16384, 20480]
+        .iter()
+        .map(|o| h + o)
+        .collect();
+    // (lane, [(word index, value)]): disjoint and overlapping commits of both lanes.
+    let ops: Vec<(usize, Vec<(usize, u64)>)> = vec![
+        (0, vec![(0, 1)]),
+        (1, vec![(2, 2)]),
+        (1, vec![(0, 3), (3, 3)]),
+        (1, vec![(4, 4)]),
+        (1, vec![(6, 5)]),
+        (0, vec![(7, 6)]),
+        (0, vec![(2, 7), (5, 7)]),
+        (1, vec![(1, 8)]),
+        (0, vec![(6, 9), (0, 9)]),
+        (0, vec![(3, 10)]),
+        (1, vec![(7, 11)]),
+        (1, vec![(4, 12), (2, 12)]),
+    ];
+    let mut states = vec![vec![0u64; w.len()]];
+    for (_, e) in &ops {
+        let mut s = states.last().unwrap().clone();
+        for &(i, v) in e {
+            s[i] = v;
+        }
+        states.push(s);
+    }
+    let current = Arc::new(Mutex::new(0usize));
+    let bad = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
+    let hook = {
+        let (current, bad, states, w) = (
+            Arc::clone(&current),
+            Arc::clone(&bad),
+            states.clone(),
+            w.clone(),
+        );
+        move |cp: &pmstore_pool::sim::CrashPoint<'_>| {
+            let k = *current.lock().unwrap();
+            for img in cp.images(6, 24, 7) {
+                let (mut p, _) = Pool::open_simulated(&img, &OpenOptions::new(LAYOUT)).unwrap();
+                let got = match RedoLogs::recover(&mut p) {
+                    Ok(_) => w.iter().map(|&t| read_word(&p, t)).collect::<Vec<_>>(),
+                    Err(e) => {
+                        bad.lock().unwrap().1.push(format!("op {k}: recovery: {e}"));
+                        continue;
+                    }
+                };
+                let mut b = bad.lock().unwrap();
+                b.0 += 1;
+                if got != states[k] && got != states[k + 1] {
+                    b.1.push(format!(
+                        "op {k} (drain {}): {got:?}, expected {:?} or {:?}",
+                        cp.drain,
+                        states[k],
+                        states[k + 1]
+                    ));
+                }
+            }
+        }
+    };
+    let mut lanes = [logs.lane(0).unwrap(), logs.lane(1).unwrap()];
+    let mut ctx = pool.flush_context();
+    sim.set_crash_hook(hook);
+    for (k, (lane, e)) in ops.iter().enumerate() {
+        *current.lock().unwrap() = k;
+        let entries: Vec<RedoEntry> = e.iter().map(|&(i, v)| RedoEntry::new(w[i], v)).collect();
+        // SAFETY: single-threaded: this thread owns every target; one RedoLogs.
+        unsafe { lanes[*lane].commit(&pool, &mut ctx, &entries) }.unwrap();
+    }
+    sim.clear_crash_hook();
+    let b = bad.lock().unwrap();
+    assert!(
+        b.1.is_empty(),
+        "{} bad images: {:#?}",
+        b.1.len(),
+        &b.1[..b.1.len().min(5)]
+    );
+    assert!(b.0 >= 2 * ops.len(), "only {} images", b.0);
 }
