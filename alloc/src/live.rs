@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
 /// At most this many target lines are kept in a live record. A commit whose apply touches more
@@ -78,10 +79,11 @@ pub(crate) struct LaneState {
     /// invalidation is not known to be durable (the pending-invalidation set), else 0.
     pub(crate) pending: [AtomicU64; 2],
     /// Per slot: the Bloom mask ([`line_bit`]) of the lines of the log whose invalidation is
-    /// pending, or `u64::MAX` (unknown: every commit flushes it). Stored before the token, so
-    /// a reader that sees a token reads its mask or the mask of a newer token of the slot (whose
-    /// log overwrote the older one's header durably: the older log is no longer valid).
-    pub(crate) pending_mask: [AtomicU64; 2],
+    /// pending, or `u64::MAX` (unknown: every commit flushes it). Stored (only when it changes)
+    /// before the token, on a line of its own: a lane that keeps committing to the same objects
+    /// keeps the same mask, so other lanes read it without a cache miss and read the token
+    /// (rewritten at every commit) only when the masks meet (`docs/REDO.md` §4 1d).
+    pub(crate) pending_mask: CachePadded<[AtomicU64; 2]>,
     /// The slot the lane's next commit writes (owner only).
     pub(crate) next_slot: AtomicU32,
     /// Other lanes' commits currently helping this lane's live log (registered before they
@@ -106,7 +108,7 @@ impl LaneState {
     pub(crate) fn new() -> LaneState {
         LaneState {
             pending: [AtomicU64::new(0), AtomicU64::new(0)],
-            pending_mask: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            pending_mask: CachePadded::new([AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)]),
             next_slot: AtomicU32::new(0),
             helpers: AtomicU32::new(0),
             resolved: AtomicU64::new(0),

@@ -1425,14 +1425,17 @@ impl Shared {
     /// non-zero token of the same slot covers the same header line).
     ///
     /// `mask`: the Bloom mask of the log's lines (`u64::MAX` if unknown), stored before the
-    /// token (a helper's store of `u64::MAX` only ever widens it).
+    /// token when it differs from the region's last one (a helper's `u64::MAX` only ever
+    /// widens it).
     #[inline]
     fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool, mask: u64) {
         let st = &self.lanes[lane as usize];
         let t = &st.pending[slot as usize];
         let m = &st.pending_mask[slot as usize];
         if m.load(Ordering::Relaxed) != mask {
-            m.store(mask, Ordering::Relaxed);
+            // Release: a reader that sees this mask also sees this log's commit (its drain #1,
+            // which made its header replace the region's older log, came first).
+            m.store(mask, Ordering::Release);
         }
         // Release: the zero store (and the mask) happen-before any load that sees the token.
         if owner {
@@ -1457,22 +1460,22 @@ impl Shared {
     ) {
         covered.clear();
         for lane in lanes_in(&self.summary) {
-            let pending = &self.lanes[lane as usize].pending;
+            let st = &self.lanes[lane as usize];
             for slot in 0..LOG_SLOTS {
-                // Acquire: the invalidation store happens-before the token store, so the line
-                // flushed below holds the zero or something later.
-                let token = pending[slot as usize].load(Ordering::Acquire);
-                if token == 0 || Some((lane, slot)) == skip {
+                // A log sharing a line with the caller's happened before the caller's commit
+                // (its caller owned that line first), and so did the store of its mask (before
+                // its token): the mask read here is that log's or a newer one's of the region
+                // (whose header replaced it durably). A log sharing no line needs no flush here
+                // (§6.3): whichever later log shares a line with it flushes it.
+                if filter != u64::MAX
+                    && st.pending_mask[slot as usize].load(Ordering::Acquire) & filter == 0
+                {
                     continue;
                 }
-                // The mask read after the token is its own or a newer token's of the slot
-                // (`LaneState::pending_mask`). A log sharing no line with the caller's needs no
-                // flush here (§6.3): whichever later log shares a line with it flushes it.
-                if filter != u64::MAX
-                    && self.lanes[lane as usize].pending_mask[slot as usize].load(Ordering::Relaxed)
-                        & filter
-                        == 0
-                {
+                // Acquire: the invalidation store happens-before the token store, so the line
+                // flushed below holds the zero or something later.
+                let token = st.pending[slot as usize].load(Ordering::Acquire);
+                if token == 0 || Some((lane, slot)) == skip {
                     continue;
                 }
                 pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
