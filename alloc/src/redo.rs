@@ -1381,18 +1381,44 @@ struct Shared {
     ever_live: AtomicBool,
 }
 
-/// The lanes whose bit is set in the bitset `bits` (one bit per lane, 64 per word).
-fn lanes_in(bits: &[AtomicU64]) -> impl Iterator<Item = u32> + '_ {
-    bits.iter().enumerate().flat_map(|(w, word)| {
-        let mut b = word.load(Ordering::Acquire);
-        std::iter::from_fn(move || {
-            (b != 0).then(|| {
-                let lane = (w * 64) as u32 + b.trailing_zeros();
-                b &= b - 1;
-                lane
-            })
-        })
-    })
+/// The lanes whose bit is set in the bitset `bits` (one bit per lane, 64 per word), each word
+/// loaded (Acquire) when the walk reaches it.
+#[inline]
+fn lanes_in(bits: &[AtomicU64]) -> LanesIn<'_> {
+    LanesIn {
+        words: bits,
+        next_word: 0,
+        base: 0,
+        rest: 0,
+    }
+}
+
+/// The iterator of [`lanes_in`] (a plain loop: this runs once or twice per commit).
+struct LanesIn<'a> {
+    words: &'a [AtomicU64],
+    /// Index of the next word to load.
+    next_word: usize,
+    /// First lane of the current word.
+    base: u32,
+    /// Bits of the current word not yet returned.
+    rest: u64,
+}
+
+impl Iterator for LanesIn<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        while self.rest == 0 {
+            let word = self.words.get(self.next_word)?;
+            self.rest = word.load(Ordering::Acquire);
+            self.base = (self.next_word * 64) as u32;
+            self.next_word += 1;
+        }
+        let lane = self.base + self.rest.trailing_zeros();
+        self.rest &= self.rest - 1;
+        Some(lane)
+    }
 }
 
 /// A live log of another lane that a commit helps: it flushes the log's lines before its
@@ -2720,8 +2746,7 @@ impl LaneLog {
         // log sharing a word may still be valid (§6.3), whatever lane it is in.
         sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
 
-        // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
-        // count) word last.
+        // 2. The log: its slot stream (in the lane, then in the extension) and its header.
         let mut header = RedoHeader {
             checksum: 0,
             count: slots as u32, // <= u32::MAX: checked above (or <= capacity)
@@ -2730,45 +2755,66 @@ impl LaneLog {
             ext_len,
             reserved: [0; RESERVED],
         };
-        let mut w = SlotWriter {
-            sink: Sink {
-                pool,
-                lane_slots: off + REDO_HEADER_SIZE,
-                lane_bytes: (slots - ext_slots) as u64 * REDO_ENTRY_SIZE,
-                ext: ext_off,
-                pos: 0,
-                crc: header.crc_seed(),
-                lane_lines: 0,
-                ext_lines: 0,
-            },
-            stage: &mut self.stage,
-        };
-        // SAFETY: the log regions of our lane are written only through its one `LaneLog` of
-        // the one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes'
-        // commits only flush its header lines and compare-exchange a header word they read
-        // while registered as helpers (none is: step 1a). Nothing holds a reference into it.
-        // The extension region is the caller's alone (contract). The slots fit:
-        // `slots - ext_slots <= capacity` in the slot (whose size was checked at recovery),
-        // `ext_len` bytes in the extension (checked above).
-        unsafe {
-            w.put(ctx, bytemuck::cast_slice(entries));
-            for r in ranges {
-                let mut head = [0u8; 16];
-                head[..8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
-                head[8..].copy_from_slice(&(r.data.len() as u64).to_le_bytes());
-                w.put(ctx, &head);
-                w.put(ctx, r.data);
-                let pad = r.data.len().next_multiple_of(16) - r.data.len();
-                w.put(ctx, &[0u8; 16][..pad]);
-            }
-            w.finish(ctx);
-        }
-        let sink = w.sink;
-        debug_assert_eq!(sink.pos, slots as u64 * REDO_ENTRY_SIZE);
-        header.checksum = sink.crc;
-        // SAFETY: our slot's header, as above: the whole header line with non-temporal stores
-        // (a torn header fails its checksum like any torn log).
-        unsafe { pool.copy_nt_nodrain(ctx, off, bytemuck::bytes_of(&header)) };
+        let stream_bytes = slots * REDO_ENTRY_SIZE as usize;
+        let (log_lines, ext_lines) =
+            if ext_slots == 0 && REDO_HEADER_SIZE as usize + stream_bytes <= STAGE {
+                // A small log: staged whole (header line, slots, zeros to the end of the last
+                // line), one checksum, one non-temporal copy of whole lines.
+                let (total, checksum) =
+                    stage_log(&mut self.stage, &header, entries, ranges, stream_bytes);
+                header.checksum = checksum;
+                // SAFETY: the log regions of our lane are written only through its one `LaneLog`
+                // of the one `RedoLogs` of this pool (caller's contract + `&mut self`); other
+                // lanes' commits only flush its header lines and compare-exchange a header word
+                // they read while registered as helpers (none is: step 1a). Nothing holds a
+                // reference into it. The staged log fits the region: `slots <= capacity`, and the
+                // region (whose size was checked at recovery) is a multiple of 64 bytes holding
+                // the header and `capacity` slots, so the log rounded up to a line stays inside.
+                unsafe { pool.copy_nt_nodrain(ctx, off, &self.stage[..total]) };
+                (total / CACHE_LINE as usize, 0)
+            } else {
+                self.stage.clear(); // the small path leaves its bytes
+                let mut w = SlotWriter {
+                    sink: Sink {
+                        pool,
+                        lane_slots: off + REDO_HEADER_SIZE,
+                        // The whole slot area (`slots - ext_slots == capacity` with an
+                        // extension; without, the stream ends before it), so that `finish` can pad
+                        // the last line of a log without extension.
+                        lane_bytes: capacity as u64 * REDO_ENTRY_SIZE,
+                        ext: ext_off,
+                        pos: 0,
+                        crc: header.crc_seed(),
+                        lane_lines: 0,
+                        ext_lines: 0,
+                    },
+                    stage: &mut self.stage,
+                };
+                // SAFETY: as above, for the lane's slots. The extension region is the caller's
+                // alone (contract). The slots fit: `slots - ext_slots <= capacity` in the slot
+                // (whose size was checked at recovery), `ext_len` bytes in the extension (checked
+                // above).
+                unsafe {
+                    w.put(ctx, bytemuck::cast_slice(entries));
+                    for r in ranges {
+                        let mut head = [0u8; 16];
+                        head[..8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
+                        head[8..].copy_from_slice(&(r.data.len() as u64).to_le_bytes());
+                        w.put(ctx, &head);
+                        w.put(ctx, r.data);
+                        let pad = r.data.len().next_multiple_of(16) - r.data.len();
+                        w.put(ctx, &[0u8; 16][..pad]);
+                    }
+                    w.finish(ctx);
+                }
+                let sink = w.sink;
+                debug_assert_eq!(sink.pos, stream_bytes as u64);
+                header.checksum = sink.crc;
+                // SAFETY: our slot's header, as above: the whole header line with non-temporal
+                // stores, after the stream (a torn header fails its checksum like any torn log).
+                unsafe { pool.copy_nt_nodrain(ctx, off, bytemuck::bytes_of(&header)) };
+                (1 + sink.lane_lines, sink.ext_lines)
+            };
 
         // 3. The drain: the commit point (for the extension too). It also made durable the
         // previous log's values, the helped logs' values, the invalidations flushed in 1d,
@@ -2889,8 +2935,8 @@ impl LaneLog {
             ranges: ranges.len(),
             slots,
             ext_slots,
-            log_lines: 1 + sink.lane_lines,
-            ext_lines: sink.ext_lines,
+            log_lines,
+            ext_lines,
             target_lines,
             deferred_lines,
             helped: helped_count,
@@ -2906,8 +2952,8 @@ struct Sink<'p> {
     pool: &'p Pool,
     /// Pool offset of the lane's slot 0.
     lane_slots: u64,
-    /// Bytes of slots in the lane (a multiple of 64 when there is an extension: the lane's
-    /// slot area, `lane_size − 64`).
+    /// Bytes of the region's slot area (`capacity × 16`, a multiple of 64): the stream's bytes
+    /// before it go to the lane, the rest to the extension.
     lane_bytes: u64,
     /// Pool offset of the extension (a multiple of 64), if any.
     ext: u64,
@@ -3024,6 +3070,51 @@ impl SlotWriter<'_, '_> {
         self.sink.pos -= pad as u64;
         self.stage.clear();
     }
+}
+
+/// Stages a whole log in `buf[..total]`: the header line (`header`, checksum field zero),
+/// then the slot stream of `words` and `ranges` (`stream_bytes` bytes), then zeros to the end
+/// of the last line (past the log's slots: readers ignore them, `docs/REDO.md` §2.2). Returns
+/// `(total, checksum)`: the staged bytes, a whole number of lines, and the log's checksum
+/// (also stored in `buf`), over bytes `[4, 64 + stream_bytes)`.
+///
+/// `buf` keeps its length between commits (only grown), so that staging costs no memset of
+/// the whole log: the padding is zeroed line by line or slot by slot before the bytes that
+/// share it are copied.
+fn stage_log(
+    buf: &mut Vec<u8>,
+    header: &RedoHeader,
+    words: &[RedoEntry],
+    ranges: &[RedoRange<'_>],
+    stream_bytes: usize,
+) -> (usize, u32) {
+    const HEADER: usize = REDO_HEADER_SIZE as usize;
+    const LINE: usize = CACHE_LINE as usize;
+    const SLOT: usize = REDO_ENTRY_SIZE as usize;
+    let end = HEADER + stream_bytes;
+    let total = end.next_multiple_of(LINE);
+    if buf.len() < total {
+        buf.resize(total, 0);
+    }
+    let buf = &mut buf[..total];
+    buf[total - LINE..].fill(0);
+    buf[..HEADER].copy_from_slice(bytemuck::bytes_of(header));
+    let words: &[u8] = bytemuck::cast_slice(words);
+    let mut at = HEADER + words.len();
+    buf[HEADER..at].copy_from_slice(words);
+    for r in ranges {
+        let len = r.data.len();
+        let next = at + SLOT * range_slots(len);
+        buf[next - SLOT..next].fill(0); // the last slot's padding
+        buf[at..at + 8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
+        buf[at + 8..at + SLOT].copy_from_slice(&(len as u64).to_le_bytes());
+        buf[at + SLOT..at + SLOT + len].copy_from_slice(r.data);
+        at = next;
+    }
+    debug_assert_eq!(at, end);
+    let checksum = crate::crc::crc32c_append(0, &buf[CRC_START..end]);
+    buf[..CRC_START].copy_from_slice(&checksum.to_le_bytes());
+    (total, checksum)
 }
 
 /// Whether commits defer making their values durable in `mode` (`Shared::defer`).

@@ -157,8 +157,14 @@ impl ModeRequest {
 /// here and nowhere else.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Backend {
-    /// Cache-line flushes with the given instruction, `sfence` to drain.
-    Flush(FlushInstr),
+    /// Cache-line flushes with `instr`, `sfence` to drain; non-temporal copies with 32-byte
+    /// stores if `avx` (detected once, at open: not per copy).
+    Flush {
+        /// The flush instruction.
+        instr: FlushInstr,
+        /// Whether the CPU has AVX.
+        avx: bool,
+    },
     /// Dirty-page tracking and `msync`.
     Msync {
         /// The system page size (msync granularity).
