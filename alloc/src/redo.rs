@@ -2015,11 +2015,7 @@ impl RedoLogs {
             shared: Arc::clone(&self.shared),
             lane,
             offset,
-            covered: Vec::new(),
-            helped: Vec::new(),
-            lines: Vec::new(),
-            plain: Vec::new(),
-            stage: Vec::new(),
+            scratch: Box::default(),
         })
     }
 
@@ -2315,16 +2311,24 @@ pub struct LaneLog {
     shared: Arc<Shared>,
     lane: u32,
     offset: u64,
-    /// Scratch: `(lane, slot, token)` of the pending invalidations flushed by the current
-    /// commit.
+    /// Boxed: a `LaneLog` is moved in and out of the allocator's lane pool on every commit,
+    /// and a small move is a few register copies where five vectors were a `memcpy`.
+    scratch: Box<Scratch>,
+}
+
+/// A lane's scratch vectors, kept between commits so that a commit allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// `(lane, slot, token)` of the pending invalidations flushed by the current commit.
     covered: Vec<(u32, u32, u64)>,
-    /// Scratch: the other lanes' live logs the current commit helps.
+    /// The other lanes' live logs the current commit helps.
     helped: Vec<Helped>,
-    /// Scratch: target lines of the current commit.
+    /// Target lines of the current commit.
     lines: Vec<u64>,
-    /// Scratch: target lines written with ordinary stores (flushed if not deferred).
+    /// Target lines written with ordinary stores (flushed if not deferred).
     plain: Vec<u64>,
-    /// Scratch: the staging buffer of the slot writer (bounded: about [`STAGE`] bytes).
+    /// The staged log (small logs) or the staging buffer of the slot writer (bounded: about
+    /// [`STAGE`] bytes).
     stage: Vec<u8>,
 }
 
@@ -2685,25 +2689,25 @@ impl LaneLog {
         let defer = sh.defer.load(Ordering::Relaxed);
         let live = defer || sh.ever_live.load(Ordering::Acquire);
         // The lines this commit will store to (sorted, deduplicated) and their Bloom mask.
-        self.lines.clear();
+        self.scratch.lines.clear();
         if live {
             for e in entries {
-                self.lines.push(e.target & !(CACHE_LINE - 1));
+                self.scratch.lines.push(e.target & !(CACHE_LINE - 1));
             }
             for r in ranges {
                 let mut line = r.target & !(CACHE_LINE - 1);
                 while line < r.target + r.data.len() as u64 {
-                    self.lines.push(line);
+                    self.scratch.lines.push(line);
                     line += CACHE_LINE;
                 }
             }
-            self.lines.sort_unstable();
-            self.lines.dedup();
+            self.scratch.lines.sort_unstable();
+            self.scratch.lines.dedup();
         }
         // Deferred: this commit's values stay unflushed until the lane's next commit (or a
         // helper). Only small logs without an extension: an extension is free again when the
         // commit returns, so its log must be stale by then (§6.6).
-        let deferred = defer && ext_len == 0 && self.lines.len() <= MAX_LIVE_LINES;
+        let deferred = defer && ext_len == 0 && self.scratch.lines.len() <= MAX_LIVE_LINES;
 
         // 1a. No helper of this lane may still be at work on a log it read earlier: it
         // compare-exchanges that log's header word, which the slot we write may hold.
@@ -2721,13 +2725,13 @@ impl LaneLog {
         if live {
             // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
             // invalidate them after the drain (before our values can outlive our log, §6.3).
-            let mask = live::mask_of(&self.lines);
+            let mask = live::mask_of(&self.scratch.lines);
             sh.help(
                 pool,
                 ctx,
                 Some(lane),
-                Some((&self.lines, mask)),
-                &mut self.helped,
+                Some((&self.scratch.lines, mask)),
+                &mut self.scratch.helped,
             );
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
@@ -2739,12 +2743,12 @@ impl LaneLog {
                 deferred_lines = p.lines.len();
             }
         }
-        let helped_lines: usize = self.helped.iter().map(|h| h.log.lines.len()).sum();
-        let helped_count = self.helped.len();
+        let helped_lines: usize = self.scratch.helped.iter().map(|h| h.log.lines.len()).sum();
+        let helped_count = self.scratch.helped.len();
         // 1d. Pending invalidations of every log region but the one we overwrite (our
         // header replaces it): this commit's values must not outlive its log while an older
         // log sharing a word may still be valid (§6.3), whatever lane it is in.
-        sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
+        sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.scratch.covered);
 
         // 2. The log: its slot stream (in the lane, then in the extension) and its header.
         let mut header = RedoHeader {
@@ -2760,8 +2764,13 @@ impl LaneLog {
             if ext_slots == 0 && REDO_HEADER_SIZE as usize + stream_bytes <= STAGE {
                 // A small log: staged whole (header line, slots, zeros to the end of the last
                 // line), one checksum, one non-temporal copy of whole lines.
-                let (total, checksum) =
-                    stage_log(&mut self.stage, &header, entries, ranges, stream_bytes);
+                let (total, checksum) = stage_log(
+                    &mut self.scratch.stage,
+                    &header,
+                    entries,
+                    ranges,
+                    stream_bytes,
+                );
                 header.checksum = checksum;
                 // SAFETY: the log regions of our lane are written only through its one `LaneLog`
                 // of the one `RedoLogs` of this pool (caller's contract + `&mut self`); other
@@ -2770,10 +2779,10 @@ impl LaneLog {
                 // reference into it. The staged log fits the region: `slots <= capacity`, and the
                 // region (whose size was checked at recovery) is a multiple of 64 bytes holding
                 // the header and `capacity` slots, so the log rounded up to a line stays inside.
-                unsafe { pool.copy_nt_nodrain(ctx, off, &self.stage[..total]) };
+                unsafe { pool.copy_nt_nodrain(ctx, off, &self.scratch.stage[..total]) };
                 (total / CACHE_LINE as usize, 0)
             } else {
-                self.stage.clear(); // the small path leaves its bytes
+                self.scratch.stage.clear(); // the small path leaves its bytes
                 let mut w = SlotWriter {
                     sink: Sink {
                         pool,
@@ -2788,7 +2797,7 @@ impl LaneLog {
                         lane_lines: 0,
                         ext_lines: 0,
                     },
-                    stage: &mut self.stage,
+                    stage: &mut self.scratch.stage,
                 };
                 // SAFETY: as above, for the lane's slots. The extension region is the caller's
                 // alone (contract). The slots fit: `slots - ext_slots <= capacity` in the slot
@@ -2820,7 +2829,7 @@ impl LaneLog {
         // previous log's values, the helped logs' values, the invalidations flushed in 1d,
         // and the overwriting of whatever slot `slot` held.
         if let Err(e) = pool.drain(ctx) {
-            sh.abandon_help(&mut self.helped);
+            sh.abandon_help(&mut self.scratch.helped);
             return Err(e.into());
         }
         if me.pending[slot as usize].load(Ordering::Relaxed) != 0 {
@@ -2828,7 +2837,7 @@ impl LaneLog {
             // the non-temporal stores of the log to complete, on top of the drain.)
             me.pending[slot as usize].store(0, Ordering::Release);
         }
-        sh.clear_covered(&self.covered);
+        sh.clear_covered(&self.scratch.covered);
         // Invalidate our previous log (its values are durable now), without a flush: whoever
         // needs the invalidation durable flushes the line before its own drain (1d of every
         // other commit, `sync_invalidations`, our commit after next, which overwrites it).
@@ -2840,8 +2849,8 @@ impl LaneLog {
             unsafe { store_word(pool, poff, 0) };
             sh.publish_token(lane, prev_slot, p.seq, true);
         }
-        if !self.helped.is_empty() {
-            sh.finish_help(pool, &mut self.helped);
+        if !self.scratch.helped.is_empty() {
+            sh.finish_help(pool, &mut self.scratch.helped);
         }
 
         // 4. Apply: words, then ranges. Deferred: ordinary stores, nothing flushed (nothing
@@ -2849,13 +2858,13 @@ impl LaneLog {
         // it, REDO.md §8). Otherwise as before deferral existed: a range's whole lines with
         // non-temporal stores, the partial lines and the words with ordinary stores and a
         // flush (step 5').
-        self.plain.clear();
+        self.scratch.plain.clear();
         let mut nt_lines = 0;
         for e in entries {
             // SAFETY: the caller owns every target word exclusively for the call; the target
             // was checked (aligned, inside the pool, not in the header or a lane).
             unsafe { store_word(pool, e.target, e.value) };
-            self.plain.push(e.target & !(CACHE_LINE - 1));
+            self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
         }
         for r in ranges {
             let (first, end) = (r.target, r.target + r.data.len() as u64);
@@ -2868,13 +2877,13 @@ impl LaneLog {
                 unsafe { pool.write(r.target, r.data) };
                 let mut line = first & !(CACHE_LINE - 1);
                 while line < end {
-                    self.plain.push(line);
+                    self.scratch.plain.push(line);
                     line += CACHE_LINE;
                 }
             }
         }
         let mut drains = 1;
-        let mut pending_lines = self.covered.len();
+        let mut pending_lines = self.scratch.covered.len();
         let mut target_lines = deferred_lines + helped_lines;
         if deferred {
             // 5. The values stay in the cache: the log is live until our next commit (or a
@@ -2883,7 +2892,7 @@ impl LaneLog {
                 seq,
                 slot,
                 header_word: header.word(),
-                lines: self.lines.iter().copied().collect(),
+                lines: self.scratch.lines.iter().copied().collect(),
             };
             me.publish(Some(&log));
             Shared::set_bit(&sh.live_summary, lane);
@@ -2895,23 +2904,23 @@ impl LaneLog {
             // #2) and invalidate the log, as without deferral.
             // The invalidations stored since the first drain (our previous log's, the helped
             // logs') must be durable before ours can be: flush them with the values.
-            let pending_before = self.covered.len();
-            self.plain.sort_unstable();
-            self.plain.dedup();
-            for &line in &self.plain {
+            let pending_before = self.scratch.covered.len();
+            self.scratch.plain.sort_unstable();
+            self.scratch.plain.dedup();
+            for &line in &self.scratch.plain {
                 pool.flush(ctx, line, CACHE_LINE);
             }
             let stored = prev.is_some() || helped_count > 0;
             if stored {
-                sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.covered);
+                sh.flush_pending(pool, ctx, Some((lane, slot)), &mut self.scratch.covered);
             }
             pool.drain(ctx)?;
             if stored {
-                sh.clear_covered(&self.covered);
-                pending_lines = pending_before + self.covered.len();
+                sh.clear_covered(&self.scratch.covered);
+                pending_lines = pending_before + self.scratch.covered.len();
             }
             drains = 2;
-            target_lines += self.plain.len() + nt_lines;
+            target_lines += self.scratch.plain.len() + nt_lines;
             if prev.is_some() {
                 me.publish(None);
             }
@@ -2924,9 +2933,9 @@ impl LaneLog {
         // invalidation is resolved by the next header instead of a flush.
         me.next_slot
             .store(if deferred { prev_slot } else { slot }, Ordering::Relaxed);
-        if self.stage.capacity() > 2 * STAGE {
+        if self.scratch.stage.capacity() > 2 * STAGE {
             // A log never needs more (a large range goes around it); keep the lane small.
-            self.stage = Vec::new();
+            self.scratch.stage = Vec::new();
         }
 
         Ok(CommitStats {

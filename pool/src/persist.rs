@@ -377,8 +377,9 @@ pub struct FlushContext {
     /// Whether anything was flushed since the last drain.
     pub(crate) pending: bool,
     pub(crate) counters: SharedBlock,
-    /// The block's counts when this context got it.
-    base: PersistCounters,
+    /// The block's counts when this context got it. Boxed (read only by
+    /// [`FlushContext::counters`]): contexts live in lanes that move on every commit.
+    base: Box<PersistCounters>,
 }
 
 impl std::fmt::Debug for FlushContext {
@@ -394,7 +395,7 @@ impl std::fmt::Debug for FlushContext {
 impl FlushContext {
     pub(crate) fn new(pool_id: u64, registry: &CounterRegistry) -> FlushContext {
         let counters = registry.acquire();
-        let base = counters.read();
+        let base = Box::new(counters.read());
         FlushContext {
             pool_id,
             dirty: DirtyPages::default(),
@@ -420,7 +421,7 @@ impl FlushContext {
     /// # }
     /// ```
     pub fn counters(&self) -> PersistCounters {
-        self.counters.read() - self.base
+        self.counters.read() - *self.base
     }
 
     /// Whether ranges were flushed (or pages recorded) since the last drain.
