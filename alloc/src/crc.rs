@@ -18,7 +18,8 @@ pub(crate) fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
 }
 
-/// One `crc32` instruction per 8 bytes, then per 4, then per byte for the rest.
+/// One `crc32` instruction per 8 bytes (two per iteration), then per 4, then per byte for
+/// the rest.
 ///
 /// # Safety
 /// The CPU has SSE4.2.
@@ -27,11 +28,22 @@ pub(crate) fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
 unsafe fn serial_sse42(crc: u32, data: &[u8]) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
     let mut c = u64::from(!crc);
-    let mut words = data.chunks_exact(8);
+    // 16 bytes per iteration: half the loop overhead of one word at a time.
+    let mut pairs = data.chunks_exact(16);
+    for p in &mut pairs {
+        let (a, b) = p.split_at(8);
+        let a = u64::from_le_bytes(a.try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        #[allow(unused_unsafe)]
+        // SAFETY: SSE4.2 (the caller's contract; this function enables it).
+        let next = unsafe { _mm_crc32_u64(_mm_crc32_u64(c, a), b) };
+        c = next;
+    }
+    let mut words = pairs.remainder().chunks_exact(8);
     for w in &mut words {
         let w = u64::from_le_bytes(w.try_into().expect("chunks of 8 bytes"));
         #[allow(unused_unsafe)]
-        // SAFETY: SSE4.2 (the caller's contract; this function enables it).
+        // SAFETY: as above.
         let next = unsafe { _mm_crc32_u64(c, w) };
         c = next;
     }

@@ -1464,6 +1464,7 @@ impl Shared {
     /// Flushes the header line of every log region (except `skip`, `(lane, slot)`: the one
     /// the caller overwrites) with a pending invalidation and records `(lane, slot, token)` in
     /// `covered`, for [`Shared::clear_covered`] after the drain.
+    #[inline]
     fn flush_pending(
         &self,
         pool: &Pool,
@@ -1478,12 +1479,14 @@ impl Shared {
                 // Acquire: the invalidation store happens-before the token store, so the line
                 // flushed below holds the zero or something later.
                 let token = pending[slot as usize].load(Ordering::Acquire);
-                if token == 0 || Some((lane, slot)) == skip {
-                    continue;
+                if token != 0 && Some((lane, slot)) != skip {
+                    covered.push((lane, slot, token));
                 }
-                pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
-                covered.push((lane, slot, token));
             }
+        }
+        // Flushed after the scan (the scan is most of the work when there is nothing to flush).
+        for &(lane, slot, _) in covered.iter() {
+            pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
         }
     }
 
@@ -1540,9 +1543,7 @@ impl Shared {
         // Flushed after every locked instruction above: a locked instruction waits for the
         // write-backs in flight (REDO.md §8).
         for h in out.iter() {
-            for &l in &h.log.lines {
-                pool.flush(ctx, l, CACHE_LINE);
-            }
+            pool.flush_lines(ctx, &h.log.lines);
         }
     }
 
@@ -2737,9 +2738,7 @@ impl LaneLog {
             // this commit's drain makes them durable, and then the log may be invalidated.
             prev = me.own_live();
             if let Some(p) = &prev {
-                for &l in &p.lines {
-                    pool.flush(ctx, l, CACHE_LINE);
-                }
+                pool.flush_lines(ctx, &p.lines);
                 deferred_lines = p.lines.len();
             }
         }
@@ -2907,8 +2906,8 @@ impl LaneLog {
             let pending_before = self.scratch.covered.len();
             self.scratch.plain.sort_unstable();
             self.scratch.plain.dedup();
-            for &line in &self.scratch.plain {
-                pool.flush(ctx, line, CACHE_LINE);
+            if !self.scratch.plain.is_empty() {
+                pool.flush_lines(ctx, &self.scratch.plain);
             }
             let stored = prev.is_some() || helped_count > 0;
             if stored {
@@ -3110,7 +3109,9 @@ fn stage_log(
     buf[..HEADER].copy_from_slice(bytemuck::bytes_of(header));
     let words: &[u8] = bytemuck::cast_slice(words);
     let mut at = HEADER + words.len();
-    buf[HEADER..at].copy_from_slice(words);
+    if !words.is_empty() {
+        buf[HEADER..at].copy_from_slice(words);
+    }
     for r in ranges {
         let len = r.data.len();
         let next = at + SLOT * range_slots(len);

@@ -1006,18 +1006,73 @@ impl Pool {
         if len == 0 {
             return;
         }
-        match self.backend {
-            Backend::Flush { instr, .. } => {
-                // SAFETY: the range is inside the mapping (checked above).
-                let lines = unsafe {
-                    cpu::flush_range(
-                        instr,
-                        self.mem.ptr().as_ptr().add(offset as usize),
-                        len as usize,
-                    )
-                };
-                ctx.counters.bump(LINES, lines);
+        // The cache-flush case inline (commits flush a few lines each); the others record.
+        if let Backend::Flush { instr, .. } = self.backend {
+            // SAFETY: the range is inside the mapping (checked above).
+            let lines = unsafe {
+                cpu::flush_range(
+                    instr,
+                    self.mem.ptr().as_ptr().add(offset as usize),
+                    len as usize,
+                )
+            };
+            ctx.counters.bump(LINES, lines);
+            ctx.pending = true;
+        } else {
+            self.record_flush(ctx, offset, len);
+        }
+    }
+
+    /// Flushes the cache line at each pool offset in `lines` (each a multiple of 64): as
+    /// [`flush`](Pool::flush) of each line, counted once.
+    ///
+    /// # Panics
+    /// If a line is not inside the pool or not a multiple of 64, or `ctx` belongs to another
+    /// pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// pool.flush_lines(&mut ctx, &[off, off + 128]);
+    /// assert_eq!(ctx.counters().lines_flushed, 2);
+    /// assert!(std::panic::catch_unwind(move || pool.flush_lines(&mut ctx, &[off + 8])).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn flush_lines(&self, ctx: &mut FlushContext, lines: &[u64]) {
+        assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
+        if lines.is_empty() {
+            return;
+        }
+        if let Backend::Flush { instr, .. } = self.backend {
+            for &line in lines {
+                assert!(line % LINE == 0, "not a cache line: {line:#x}");
+                self.check_range(line, LINE);
+                // SAFETY: the line is inside the mapping (checked above).
+                unsafe { cpu::flush_line(instr, self.mem.ptr().as_ptr().add(line as usize)) };
             }
+            ctx.counters.bump(LINES, lines.len() as u64);
+            ctx.pending = true;
+        } else {
+            for &line in lines {
+                assert!(line % LINE == 0, "not a cache line: {line:#x}");
+                self.flush(ctx, line, LINE);
+            }
+        }
+    }
+
+    /// [`Pool::flush`] in msync mode and in the simulated domain: records what was flushed
+    /// (`len > 0`, the range checked).
+    fn record_flush(&self, ctx: &mut FlushContext, offset: u64, len: u64) {
+        match self.backend {
+            Backend::Flush { .. } => unreachable!("cache flushes are not recorded"),
             Backend::Msync { page } => {
                 ctx.dirty.add(offset / page, (offset + len).div_ceil(page));
             }
@@ -1225,7 +1280,7 @@ impl Pool {
 
     /// # Safety
     /// As [`Pool::copy_nodrain`].
-    #[inline]
+    #[inline(always)]
     unsafe fn copy_inner(&self, ctx: &mut FlushContext, offset: u64, src: &[u8], nt: bool) {
         match self.backend {
             Backend::Flush { instr, avx } if nt && !src.is_empty() => {

@@ -90,10 +90,31 @@ impl FlushInstr {
     }
 }
 
+/// Flushes the cache line holding `addr`.
+///
+/// # Safety
+/// `addr` lies in a live mapping.
+#[inline]
+pub(crate) unsafe fn flush_line(instr: FlushInstr, addr: *const u8) {
+    match instr {
+        // SAFETY: (1)(2) the caller's contract.
+        FlushInstr::Clwb => unsafe {
+            asm!("clwb [{0}]", in(reg) addr, options(nostack, preserves_flags))
+        },
+        // SAFETY: (1)(2) as above.
+        FlushInstr::Clflushopt => unsafe {
+            asm!("clflushopt [{0}]", in(reg) addr, options(nostack, preserves_flags))
+        },
+        // SAFETY: (1)(2) as above.
+        FlushInstr::Clflush => unsafe { _mm_clflush(addr) },
+    }
+}
+
 /// Flushes every cache line that `[addr, addr + len)` touches, once; returns how many.
 ///
 /// # Safety
 /// Every byte of `[addr, addr + len)` lies in one live mapping.
+#[inline]
 pub(crate) unsafe fn flush_range(instr: FlushInstr, addr: *const u8, len: usize) -> u64 {
     if len == 0 {
         return 0;
