@@ -1449,7 +1449,7 @@ impl Shared {
     /// Publishes the pending invalidation `seq` of `(lane, slot)`, after the zero store to its
     /// header word. The owner stores its own tokens; a helper only fills an empty token (a
     /// non-zero token of the same slot covers the same header line).
-    #[inline]
+    #[inline(always)]
     fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool) {
         let t = &self.lanes[lane as usize].pending[slot as usize];
         // Release: the zero store happens-before any load that sees the token.
@@ -1464,7 +1464,7 @@ impl Shared {
     /// Flushes the header line of every log region (except `skip`, `(lane, slot)`: the one
     /// the caller overwrites) with a pending invalidation and records `(lane, slot, token)` in
     /// `covered`, for [`Shared::clear_covered`] after the drain.
-    #[inline]
+    #[inline(always)]
     fn flush_pending(
         &self,
         pool: &Pool,
@@ -2478,8 +2478,8 @@ impl LaneLog {
     /// drains through `ctx`:
     ///
     /// 1. flush the header lines of other lanes' pending invalidations;
-    /// 2. write the slots (word entries, then range entries with their data), then the
-    ///    header; flush the log's lines (non-temporal stores for a body of 256 bytes or more);
+    /// 2. write the log: its slots (word entries, then range entries with their data) and
+    ///    its header, every whole line with non-temporal stores (`docs/REDO.md` §4 step 2);
     /// 3. drain #1 — **the commit point**: the update is durable from here on;
     /// 4. store the words and copy the ranges (non-temporal stores for ranges of 256 bytes or
     ///    more), flush each touched line once;

@@ -934,6 +934,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub unsafe fn read(&self, offset: u64, dst: &mut [u8]) {
         let src = self.ptr_at(offset, dst.len() as u64);
         // SAFETY: the range is inside the mapping (ptr_at); the caller rules out races.
@@ -966,6 +967,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub unsafe fn write(&self, offset: u64, src: &[u8]) {
         assert!(!self.read_only, "write to a read-only pool");
         let dst = self.ptr_at(offset, src.len() as u64);

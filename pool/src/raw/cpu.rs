@@ -173,7 +173,7 @@ pub(crate) fn has_avx() -> bool {
 /// `dst` is valid for writes of `len` bytes inside one live mapping, `src` for reads of `len`
 /// bytes, the two do not overlap, and no other thread accesses `[dst, dst + len)` meanwhile;
 /// `avx` only if [`has_avx`] said so.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn copy_nt(
     instr: FlushInstr,
     avx: bool,
