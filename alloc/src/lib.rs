@@ -34,6 +34,7 @@
 
 mod allocator;
 pub mod classes;
+mod crc;
 mod error;
 pub mod heap;
 mod live;

@@ -1381,18 +1381,44 @@ struct Shared {
     ever_live: AtomicBool,
 }
 
-/// The lanes whose bit is set in the bitset `bits` (one bit per lane, 64 per word).
-fn lanes_in(bits: &[AtomicU64]) -> impl Iterator<Item = u32> + '_ {
-    bits.iter().enumerate().flat_map(|(w, word)| {
-        let mut b = word.load(Ordering::Acquire);
-        std::iter::from_fn(move || {
-            (b != 0).then(|| {
-                let lane = (w * 64) as u32 + b.trailing_zeros();
-                b &= b - 1;
-                lane
-            })
-        })
-    })
+/// The lanes whose bit is set in the bitset `bits` (one bit per lane, 64 per word), each word
+/// loaded (Acquire) when the walk reaches it.
+#[inline]
+fn lanes_in(bits: &[AtomicU64]) -> LanesIn<'_> {
+    LanesIn {
+        words: bits,
+        next_word: 0,
+        base: 0,
+        rest: 0,
+    }
+}
+
+/// The iterator of [`lanes_in`] (a plain loop: this runs once or twice per commit).
+struct LanesIn<'a> {
+    words: &'a [AtomicU64],
+    /// Index of the next word to load.
+    next_word: usize,
+    /// First lane of the current word.
+    base: u32,
+    /// Bits of the current word not yet returned.
+    rest: u64,
+}
+
+impl Iterator for LanesIn<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        while self.rest == 0 {
+            let word = self.words.get(self.next_word)?;
+            self.rest = word.load(Ordering::Acquire);
+            self.base = (self.next_word * 64) as u32;
+            self.next_word += 1;
+        }
+        let lane = self.base + self.rest.trailing_zeros();
+        self.rest &= self.rest - 1;
+        Some(lane)
+    }
 }
 
 /// A live log of another lane that a commit helps: it flushes the log's lines before its
@@ -1427,7 +1453,7 @@ impl Shared {
     /// `mask`: the Bloom mask of the log's lines (`u64::MAX` if unknown), stored before the
     /// token when it differs from the region's last one (a helper's `u64::MAX` only ever
     /// widens it).
-    #[inline]
+    #[inline(always)]
     fn publish_token(&self, lane: u32, slot: u32, seq: u64, owner: bool, mask: u64) {
         let st = &self.lanes[lane as usize];
         let t = &st.pending[slot as usize];
@@ -1450,6 +1476,7 @@ impl Shared {
     /// the caller overwrites) with a pending invalidation whose log may share a line with the
     /// caller's (its mask meets `filter`; `u64::MAX`: every one) and records
     /// `(lane, slot, token)` in `covered`, for [`Shared::clear_covered`] after the drain.
+    #[inline(always)]
     fn flush_pending(
         &self,
         pool: &Pool,
@@ -1475,12 +1502,14 @@ impl Shared {
                 // Acquire: the invalidation store happens-before the token store, so the line
                 // flushed below holds the zero or something later.
                 let token = st.pending[slot as usize].load(Ordering::Acquire);
-                if token == 0 || Some((lane, slot)) == skip {
-                    continue;
+                if token != 0 && Some((lane, slot)) != skip {
+                    covered.push((lane, slot, token));
                 }
-                pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
-                covered.push((lane, slot, token));
             }
+        }
+        // Flushed after the scan (the scan is most of the work when there is nothing to flush).
+        for &(lane, slot, _) in covered.iter() {
+            pool.flush(ctx, self.layout.slot_offset(lane, slot), REDO_HEADER_SIZE);
         }
     }
 
@@ -1537,9 +1566,7 @@ impl Shared {
         // Flushed after every locked instruction above: a locked instruction waits for the
         // write-backs in flight (REDO.md §8).
         for h in out.iter() {
-            for &l in &h.log.lines {
-                pool.flush(ctx, l, CACHE_LINE);
-            }
+            pool.flush_lines(ctx, &h.log.lines);
         }
     }
 
@@ -2012,11 +2039,7 @@ impl RedoLogs {
             shared: Arc::clone(&self.shared),
             lane,
             offset,
-            covered: Vec::new(),
-            helped: Vec::new(),
-            lines: Vec::new(),
-            plain: Vec::new(),
-            stage: Vec::new(),
+            scratch: Box::default(),
         })
     }
 
@@ -2312,16 +2335,24 @@ pub struct LaneLog {
     shared: Arc<Shared>,
     lane: u32,
     offset: u64,
-    /// Scratch: `(lane, slot, token)` of the pending invalidations flushed by the current
-    /// commit.
+    /// Boxed: a `LaneLog` is moved in and out of the allocator's lane pool on every commit,
+    /// and a small move is a few register copies where five vectors were a `memcpy`.
+    scratch: Box<Scratch>,
+}
+
+/// A lane's scratch vectors, kept between commits so that a commit allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// `(lane, slot, token)` of the pending invalidations flushed by the current commit.
     covered: Vec<(u32, u32, u64)>,
-    /// Scratch: the other lanes' live logs the current commit helps.
+    /// The other lanes' live logs the current commit helps.
     helped: Vec<Helped>,
-    /// Scratch: target lines of the current commit.
+    /// Target lines of the current commit.
     lines: Vec<u64>,
-    /// Scratch: target lines written with ordinary stores (flushed if not deferred).
+    /// Target lines written with ordinary stores (flushed if not deferred).
     plain: Vec<u64>,
-    /// Scratch: the staging buffer of the slot writer (bounded: about [`STAGE`] bytes).
+    /// The staged log (small logs) or the staging buffer of the slot writer (bounded: about
+    /// [`STAGE`] bytes).
     stage: Vec<u8>,
 }
 
@@ -2471,8 +2502,8 @@ impl LaneLog {
     ///
     /// 1. flush the header lines of other lanes' pending invalidations (without live logs:
     ///    only those of logs that may share a line with this one, `docs/REDO.md` §4 1d);
-    /// 2. write the slots (word entries, then range entries with their data), then the
-    ///    header; flush the log's lines (non-temporal stores for a body of 256 bytes or more);
+    /// 2. write the log: its slots (word entries, then range entries with their data) and
+    ///    its header, every whole line with non-temporal stores (`docs/REDO.md` §4 step 2);
     /// 3. drain #1 — **the commit point**: the update is durable from here on;
     /// 4. store the words and copy the ranges (non-temporal stores for ranges of 256 bytes or
     ///    more), flush each touched line once;
@@ -2683,25 +2714,25 @@ impl LaneLog {
         let defer = sh.defer.load(Ordering::Relaxed);
         let live = defer || sh.ever_live.load(Ordering::Acquire);
         // The lines this commit will store to (sorted, deduplicated) and their Bloom mask.
-        self.lines.clear();
+        self.scratch.lines.clear();
         if live {
             for e in entries {
-                self.lines.push(e.target & !(CACHE_LINE - 1));
+                self.scratch.lines.push(e.target & !(CACHE_LINE - 1));
             }
             for r in ranges {
                 let mut line = r.target & !(CACHE_LINE - 1);
                 while line < r.target + r.data.len() as u64 {
-                    self.lines.push(line);
+                    self.scratch.lines.push(line);
                     line += CACHE_LINE;
                 }
             }
-            self.lines.sort_unstable();
-            self.lines.dedup();
+            self.scratch.lines.sort_unstable();
+            self.scratch.lines.dedup();
         }
         // Deferred: this commit's values stay unflushed until the lane's next commit (or a
         // helper). Only small logs without an extension: an extension is free again when the
         // commit returns, so its log must be stale by then (§6.6).
-        let deferred = defer && ext_len == 0 && self.lines.len() <= MAX_LIVE_LINES;
+        let deferred = defer && ext_len == 0 && self.scratch.lines.len() <= MAX_LIVE_LINES;
 
         // 1a. No helper of this lane may still be at work on a log it read earlier: it
         // compare-exchanges that log's header word, which the slot we write may hold.
@@ -2719,26 +2750,24 @@ impl LaneLog {
         if live {
             // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
             // invalidate them after the drain (before our values can outlive our log, §6.3).
-            let mask = live::mask_of(&self.lines);
+            let mask = live::mask_of(&self.scratch.lines);
             sh.help(
                 pool,
                 ctx,
                 Some(lane),
-                Some((&self.lines, mask)),
-                &mut self.helped,
+                Some((&self.scratch.lines, mask)),
+                &mut self.scratch.helped,
             );
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
             prev = me.own_live();
             if let Some(p) = &prev {
-                for &l in &p.lines {
-                    pool.flush(ctx, l, CACHE_LINE);
-                }
+                pool.flush_lines(ctx, &p.lines);
                 deferred_lines = p.lines.len();
             }
         }
-        let helped_lines: usize = self.helped.iter().map(|h| h.log.lines.len()).sum();
-        let helped_count = self.helped.len();
+        let helped_lines: usize = self.scratch.helped.iter().map(|h| h.log.lines.len()).sum();
+        let helped_count = self.scratch.helped.len();
         // 1d. Pending invalidations of every log region but the one we overwrite (our
         // header replaces it): this commit's values must not outlive its log while an older
         // log sharing a word may still be valid (§6.3), whatever lane it is in.
@@ -2758,10 +2787,15 @@ impl LaneLog {
             });
             live::add_range_mask(m, ext_off, ext_len)
         };
-        sh.flush_pending(pool, ctx, Some((lane, slot)), own_mask, &mut self.covered);
+        sh.flush_pending(
+            pool,
+            ctx,
+            Some((lane, slot)),
+            own_mask,
+            &mut self.scratch.covered,
+        );
 
-        // 2. Slots (in the lane, then in the extension), then the header, the (checksum,
-        // count) word last.
+        // 2. The log: its slot stream (in the lane, then in the extension) and its header.
         let mut header = RedoHeader {
             checksum: 0,
             count: slots as u32, // <= u32::MAX: checked above (or <= capacity)
@@ -2770,51 +2804,77 @@ impl LaneLog {
             ext_len,
             reserved: [0; RESERVED],
         };
-        let mut w = SlotWriter {
-            sink: Sink {
-                pool,
-                lane_slots: off + REDO_HEADER_SIZE,
-                lane_bytes: (slots - ext_slots) as u64 * REDO_ENTRY_SIZE,
-                ext: ext_off,
-                pos: 0,
-                crc: header.crc_seed(),
-                lane_lines: 0,
-                ext_lines: 0,
-            },
-            stage: &mut self.stage,
-        };
-        // SAFETY: the log regions of our lane are written only through its one `LaneLog` of
-        // the one `RedoLogs` of this pool (caller's contract + `&mut self`); other lanes'
-        // commits only flush its header lines and compare-exchange a header word they read
-        // while registered as helpers (none is: step 1a). Nothing holds a reference into it.
-        // The extension region is the caller's alone (contract). The slots fit:
-        // `slots - ext_slots <= capacity` in the slot (whose size was checked at recovery),
-        // `ext_len` bytes in the extension (checked above).
-        unsafe {
-            w.put(ctx, bytemuck::cast_slice(entries));
-            for r in ranges {
-                let mut head = [0u8; 16];
-                head[..8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
-                head[8..].copy_from_slice(&(r.data.len() as u64).to_le_bytes());
-                w.put(ctx, &head);
-                w.put(ctx, r.data);
-                let pad = r.data.len().next_multiple_of(16) - r.data.len();
-                w.put(ctx, &[0u8; 16][..pad]);
-            }
-            w.finish(ctx);
-        }
-        let sink = w.sink;
-        debug_assert_eq!(sink.pos, slots as u64 * REDO_ENTRY_SIZE);
-        header.checksum = sink.crc;
-        // SAFETY: our slot's header, as above: the whole header line with non-temporal stores
-        // (a torn header fails its checksum like any torn log).
-        unsafe { pool.copy_nt_nodrain(ctx, off, bytemuck::bytes_of(&header)) };
+        let stream_bytes = slots * REDO_ENTRY_SIZE as usize;
+        let (log_lines, ext_lines) =
+            if ext_slots == 0 && REDO_HEADER_SIZE as usize + stream_bytes <= STAGE {
+                // A small log: staged whole (header line, slots, zeros to the end of the last
+                // line), one checksum, one non-temporal copy of whole lines.
+                let (total, checksum) = stage_log(
+                    &mut self.scratch.stage,
+                    &header,
+                    entries,
+                    ranges,
+                    stream_bytes,
+                );
+                header.checksum = checksum;
+                // SAFETY: the log regions of our lane are written only through its one `LaneLog`
+                // of the one `RedoLogs` of this pool (caller's contract + `&mut self`); other
+                // lanes' commits only flush its header lines and compare-exchange a header word
+                // they read while registered as helpers (none is: step 1a). Nothing holds a
+                // reference into it. The staged log fits the region: `slots <= capacity`, and the
+                // region (whose size was checked at recovery) is a multiple of 64 bytes holding
+                // the header and `capacity` slots, so the log rounded up to a line stays inside.
+                unsafe { pool.copy_nt_nodrain(ctx, off, &self.scratch.stage[..total]) };
+                (total / CACHE_LINE as usize, 0)
+            } else {
+                self.scratch.stage.clear(); // the small path leaves its bytes
+                let mut w = SlotWriter {
+                    sink: Sink {
+                        pool,
+                        lane_slots: off + REDO_HEADER_SIZE,
+                        // The whole slot area (`slots - ext_slots == capacity` with an
+                        // extension; without, the stream ends before it), so that `finish` can pad
+                        // the last line of a log without extension.
+                        lane_bytes: capacity as u64 * REDO_ENTRY_SIZE,
+                        ext: ext_off,
+                        pos: 0,
+                        crc: header.crc_seed(),
+                        lane_lines: 0,
+                        ext_lines: 0,
+                    },
+                    stage: &mut self.scratch.stage,
+                };
+                // SAFETY: as above, for the lane's slots. The extension region is the caller's
+                // alone (contract). The slots fit: `slots - ext_slots <= capacity` in the slot
+                // (whose size was checked at recovery), `ext_len` bytes in the extension (checked
+                // above).
+                unsafe {
+                    w.put(ctx, bytemuck::cast_slice(entries));
+                    for r in ranges {
+                        let mut head = [0u8; 16];
+                        head[..8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
+                        head[8..].copy_from_slice(&(r.data.len() as u64).to_le_bytes());
+                        w.put(ctx, &head);
+                        w.put(ctx, r.data);
+                        let pad = r.data.len().next_multiple_of(16) - r.data.len();
+                        w.put(ctx, &[0u8; 16][..pad]);
+                    }
+                    w.finish(ctx);
+                }
+                let sink = w.sink;
+                debug_assert_eq!(sink.pos, stream_bytes as u64);
+                header.checksum = sink.crc;
+                // SAFETY: our slot's header, as above: the whole header line with non-temporal
+                // stores, after the stream (a torn header fails its checksum like any torn log).
+                unsafe { pool.copy_nt_nodrain(ctx, off, bytemuck::bytes_of(&header)) };
+                (1 + sink.lane_lines, sink.ext_lines)
+            };
 
         // 3. The drain: the commit point (for the extension too). It also made durable the
         // previous log's values, the helped logs' values, the invalidations flushed in 1d,
         // and the overwriting of whatever slot `slot` held.
         if let Err(e) = pool.drain(ctx) {
-            sh.abandon_help(&mut self.helped);
+            sh.abandon_help(&mut self.scratch.helped);
             return Err(e.into());
         }
         if me.pending[slot as usize].load(Ordering::Relaxed) != 0 {
@@ -2822,7 +2882,7 @@ impl LaneLog {
             // the non-temporal stores of the log to complete, on top of the drain.)
             me.pending[slot as usize].store(0, Ordering::Release);
         }
-        sh.clear_covered(&self.covered);
+        sh.clear_covered(&self.scratch.covered);
         // Invalidate our previous log (its values are durable now), without a flush: whoever
         // needs the invalidation durable flushes the line before its own drain (1d of every
         // other commit, `sync_invalidations`, our commit after next, which overwrites it).
@@ -2834,8 +2894,8 @@ impl LaneLog {
             unsafe { store_word(pool, poff, 0) };
             sh.publish_token(lane, prev_slot, p.seq, true, u64::MAX);
         }
-        if !self.helped.is_empty() {
-            sh.finish_help(pool, &mut self.helped);
+        if !self.scratch.helped.is_empty() {
+            sh.finish_help(pool, &mut self.scratch.helped);
         }
 
         // 4. Apply: words, then ranges. Deferred: ordinary stores, nothing flushed (nothing
@@ -2843,13 +2903,13 @@ impl LaneLog {
         // it, REDO.md §8). Otherwise as before deferral existed: a range's whole lines with
         // non-temporal stores, the partial lines and the words with ordinary stores and a
         // flush (step 5').
-        self.plain.clear();
+        self.scratch.plain.clear();
         let mut nt_lines = 0;
         for e in entries {
             // SAFETY: the caller owns every target word exclusively for the call; the target
             // was checked (aligned, inside the pool, not in the header or a lane).
             unsafe { store_word(pool, e.target, e.value) };
-            self.plain.push(e.target & !(CACHE_LINE - 1));
+            self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
         }
         for r in ranges {
             let (first, end) = (r.target, r.target + r.data.len() as u64);
@@ -2862,13 +2922,13 @@ impl LaneLog {
                 unsafe { pool.write(r.target, r.data) };
                 let mut line = first & !(CACHE_LINE - 1);
                 while line < end {
-                    self.plain.push(line);
+                    self.scratch.plain.push(line);
                     line += CACHE_LINE;
                 }
             }
         }
         let mut drains = 1;
-        let mut pending_lines = self.covered.len();
+        let mut pending_lines = self.scratch.covered.len();
         let mut target_lines = deferred_lines + helped_lines;
         if deferred {
             // 5. The values stay in the cache: the log is live until our next commit (or a
@@ -2877,7 +2937,7 @@ impl LaneLog {
                 seq,
                 slot,
                 header_word: header.word(),
-                lines: self.lines.iter().copied().collect(),
+                lines: self.scratch.lines.iter().copied().collect(),
             };
             me.publish(Some(&log));
             Shared::set_bit(&sh.live_summary, lane);
@@ -2889,23 +2949,29 @@ impl LaneLog {
             // #2) and invalidate the log, as without deferral.
             // The invalidations stored since the first drain (our previous log's, the helped
             // logs') must be durable before ours can be: flush them with the values.
-            let pending_before = self.covered.len();
-            self.plain.sort_unstable();
-            self.plain.dedup();
-            for &line in &self.plain {
-                pool.flush(ctx, line, CACHE_LINE);
+            let pending_before = self.scratch.covered.len();
+            self.scratch.plain.sort_unstable();
+            self.scratch.plain.dedup();
+            if !self.scratch.plain.is_empty() {
+                pool.flush_lines(ctx, &self.scratch.plain);
             }
             let stored = prev.is_some() || helped_count > 0;
             if stored {
-                sh.flush_pending(pool, ctx, Some((lane, slot)), u64::MAX, &mut self.covered);
+                sh.flush_pending(
+                    pool,
+                    ctx,
+                    Some((lane, slot)),
+                    u64::MAX,
+                    &mut self.scratch.covered,
+                );
             }
             pool.drain(ctx)?;
             if stored {
-                sh.clear_covered(&self.covered);
-                pending_lines = pending_before + self.covered.len();
+                sh.clear_covered(&self.scratch.covered);
+                pending_lines = pending_before + self.scratch.covered.len();
             }
             drains = 2;
-            target_lines += self.plain.len() + nt_lines;
+            target_lines += self.scratch.plain.len() + nt_lines;
             if prev.is_some() {
                 me.publish(None);
             }
@@ -2918,9 +2984,9 @@ impl LaneLog {
         // invalidation is resolved by the next header instead of a flush.
         me.next_slot
             .store(if deferred { prev_slot } else { slot }, Ordering::Relaxed);
-        if self.stage.capacity() > 2 * STAGE {
+        if self.scratch.stage.capacity() > 2 * STAGE {
             // A log never needs more (a large range goes around it); keep the lane small.
-            self.stage = Vec::new();
+            self.scratch.stage = Vec::new();
         }
 
         Ok(CommitStats {
@@ -2929,8 +2995,8 @@ impl LaneLog {
             ranges: ranges.len(),
             slots,
             ext_slots,
-            log_lines: 1 + sink.lane_lines,
-            ext_lines: sink.ext_lines,
+            log_lines,
+            ext_lines,
             target_lines,
             deferred_lines,
             helped: helped_count,
@@ -2946,8 +3012,8 @@ struct Sink<'p> {
     pool: &'p Pool,
     /// Pool offset of the lane's slot 0.
     lane_slots: u64,
-    /// Bytes of slots in the lane (a multiple of 64 when there is an extension: the lane's
-    /// slot area, `lane_size − 64`).
+    /// Bytes of the region's slot area (`capacity × 16`, a multiple of 64): the stream's bytes
+    /// before it go to the lane, the rest to the extension.
     lane_bytes: u64,
     /// Pool offset of the extension (a multiple of 64), if any.
     ext: u64,
@@ -3064,6 +3130,53 @@ impl SlotWriter<'_, '_> {
         self.sink.pos -= pad as u64;
         self.stage.clear();
     }
+}
+
+/// Stages a whole log in `buf[..total]`: the header line (`header`, checksum field zero),
+/// then the slot stream of `words` and `ranges` (`stream_bytes` bytes), then zeros to the end
+/// of the last line (past the log's slots: readers ignore them, `docs/REDO.md` §2.2). Returns
+/// `(total, checksum)`: the staged bytes, a whole number of lines, and the log's checksum
+/// (also stored in `buf`), over bytes `[4, 64 + stream_bytes)`.
+///
+/// `buf` keeps its length between commits (only grown), so that staging costs no memset of
+/// the whole log: the padding is zeroed line by line or slot by slot before the bytes that
+/// share it are copied.
+fn stage_log(
+    buf: &mut Vec<u8>,
+    header: &RedoHeader,
+    words: &[RedoEntry],
+    ranges: &[RedoRange<'_>],
+    stream_bytes: usize,
+) -> (usize, u32) {
+    const HEADER: usize = REDO_HEADER_SIZE as usize;
+    const LINE: usize = CACHE_LINE as usize;
+    const SLOT: usize = REDO_ENTRY_SIZE as usize;
+    let end = HEADER + stream_bytes;
+    let total = end.next_multiple_of(LINE);
+    if buf.len() < total {
+        buf.resize(total, 0);
+    }
+    let buf = &mut buf[..total];
+    buf[total - LINE..].fill(0);
+    buf[..HEADER].copy_from_slice(bytemuck::bytes_of(header));
+    let words: &[u8] = bytemuck::cast_slice(words);
+    let mut at = HEADER + words.len();
+    if !words.is_empty() {
+        buf[HEADER..at].copy_from_slice(words);
+    }
+    for r in ranges {
+        let len = r.data.len();
+        let next = at + SLOT * range_slots(len);
+        buf[next - SLOT..next].fill(0); // the last slot's padding
+        buf[at..at + 8].copy_from_slice(&(r.target | RANGE_FLAG).to_le_bytes());
+        buf[at + 8..at + SLOT].copy_from_slice(&(len as u64).to_le_bytes());
+        buf[at + SLOT..at + SLOT + len].copy_from_slice(r.data);
+        at = next;
+    }
+    debug_assert_eq!(at, end);
+    let checksum = crate::crc::crc32c_append(0, &buf[CRC_START..end]);
+    buf[..CRC_START].copy_from_slice(&checksum.to_le_bytes());
+    (total, checksum)
 }
 
 /// Whether commits defer making their values durable in `mode` (`Shared::defer`).

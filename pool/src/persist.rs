@@ -157,8 +157,14 @@ impl ModeRequest {
 /// here and nowhere else.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Backend {
-    /// Cache-line flushes with the given instruction, `sfence` to drain.
-    Flush(FlushInstr),
+    /// Cache-line flushes with `instr`, `sfence` to drain; non-temporal copies with 32-byte
+    /// stores if `avx` (detected once, at open: not per copy).
+    Flush {
+        /// The flush instruction.
+        instr: FlushInstr,
+        /// Whether the CPU has AVX.
+        avx: bool,
+    },
     /// Dirty-page tracking and `msync`.
     Msync {
         /// The system page size (msync granularity).
@@ -371,8 +377,9 @@ pub struct FlushContext {
     /// Whether anything was flushed since the last drain.
     pub(crate) pending: bool,
     pub(crate) counters: SharedBlock,
-    /// The block's counts when this context got it.
-    base: PersistCounters,
+    /// The block's counts when this context got it. Boxed (read only by
+    /// [`FlushContext::counters`]): contexts live in lanes that move on every commit.
+    base: Box<PersistCounters>,
 }
 
 impl std::fmt::Debug for FlushContext {
@@ -388,7 +395,7 @@ impl std::fmt::Debug for FlushContext {
 impl FlushContext {
     pub(crate) fn new(pool_id: u64, registry: &CounterRegistry) -> FlushContext {
         let counters = registry.acquire();
-        let base = counters.read();
+        let base = Box::new(counters.read());
         FlushContext {
             pool_id,
             dirty: DirtyPages::default(),
@@ -414,7 +421,7 @@ impl FlushContext {
     /// # }
     /// ```
     pub fn counters(&self) -> PersistCounters {
-        self.counters.read() - self.base
+        self.counters.read() - *self.base
     }
 
     /// Whether ranges were flushed (or pages recorded) since the last drain.

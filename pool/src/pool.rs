@@ -658,7 +658,10 @@ impl Pool {
             }
         };
         let backend = if mode.uses_cache_flush() {
-            Backend::Flush(FlushInstr::detect())
+            Backend::Flush {
+                instr: FlushInstr::detect(),
+                avx: cpu::has_avx(),
+            }
         } else {
             Backend::Msync {
                 page: system_page_size(),
@@ -778,7 +781,7 @@ impl Pool {
     /// ```
     pub fn flush_instr(&self) -> Option<FlushInstr> {
         match self.backend {
-            Backend::Flush(i) => Some(i),
+            Backend::Flush { instr, .. } => Some(instr),
             Backend::Msync { .. } | Backend::Sim => None,
         }
     }
@@ -868,9 +871,7 @@ impl Pool {
     #[inline]
     fn check_range(&self, offset: u64, len: u64) {
         assert!(
-            offset
-                .checked_add(len)
-                .is_some_and(|end| end <= self.header.pool_size),
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
             "range [{offset:#x}, +{len:#x}) is outside the pool of {:#x} bytes",
             self.header.pool_size
         );
@@ -933,6 +934,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub unsafe fn read(&self, offset: u64, dst: &mut [u8]) {
         let src = self.ptr_at(offset, dst.len() as u64);
         // SAFETY: the range is inside the mapping (ptr_at); the caller rules out races.
@@ -965,6 +967,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub unsafe fn write(&self, offset: u64, src: &[u8]) {
         assert!(!self.read_only, "write to a read-only pool");
         let dst = self.ptr_at(offset, src.len() as u64);
@@ -1005,18 +1008,73 @@ impl Pool {
         if len == 0 {
             return;
         }
-        match self.backend {
-            Backend::Flush(instr) => {
-                // SAFETY: the range is inside the mapping (checked above).
-                let lines = unsafe {
-                    cpu::flush_range(
-                        instr,
-                        self.mem.ptr().as_ptr().add(offset as usize),
-                        len as usize,
-                    )
-                };
-                ctx.counters.bump(LINES, lines);
+        // The cache-flush case inline (commits flush a few lines each); the others record.
+        if let Backend::Flush { instr, .. } = self.backend {
+            // SAFETY: the range is inside the mapping (checked above).
+            let lines = unsafe {
+                cpu::flush_range(
+                    instr,
+                    self.mem.ptr().as_ptr().add(offset as usize),
+                    len as usize,
+                )
+            };
+            ctx.counters.bump(LINES, lines);
+            ctx.pending = true;
+        } else {
+            self.record_flush(ctx, offset, len);
+        }
+    }
+
+    /// Flushes the cache line at each pool offset in `lines` (each a multiple of 64): as
+    /// [`flush`](Pool::flush) of each line, counted once.
+    ///
+    /// # Panics
+    /// If a line is not inside the pool or not a multiple of 64, or `ctx` belongs to another
+    /// pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// pool.flush_lines(&mut ctx, &[off, off + 128]);
+    /// assert_eq!(ctx.counters().lines_flushed, 2);
+    /// assert!(std::panic::catch_unwind(move || pool.flush_lines(&mut ctx, &[off + 8])).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn flush_lines(&self, ctx: &mut FlushContext, lines: &[u64]) {
+        assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
+        if lines.is_empty() {
+            return;
+        }
+        if let Backend::Flush { instr, .. } = self.backend {
+            for &line in lines {
+                assert!(line % LINE == 0, "not a cache line: {line:#x}");
+                self.check_range(line, LINE);
+                // SAFETY: the line is inside the mapping (checked above).
+                unsafe { cpu::flush_line(instr, self.mem.ptr().as_ptr().add(line as usize)) };
             }
+            ctx.counters.bump(LINES, lines.len() as u64);
+            ctx.pending = true;
+        } else {
+            for &line in lines {
+                assert!(line % LINE == 0, "not a cache line: {line:#x}");
+                self.flush(ctx, line, LINE);
+            }
+        }
+    }
+
+    /// [`Pool::flush`] in msync mode and in the simulated domain: records what was flushed
+    /// (`len > 0`, the range checked).
+    fn record_flush(&self, ctx: &mut FlushContext, offset: u64, len: u64) {
+        match self.backend {
+            Backend::Flush { .. } => unreachable!("cache flushes are not recorded"),
             Backend::Msync { page } => {
                 ctx.dirty.add(offset / page, (offset + len).div_ceil(page));
             }
@@ -1059,6 +1117,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn drain(&self, ctx: &mut FlushContext) -> Result<()> {
         assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
         if self.poisoned.load(Ordering::Relaxed) {
@@ -1071,21 +1130,26 @@ impl Pool {
         ctx.pending = false;
         ctx.counters.bump(DRAINS, 1);
         match self.backend {
-            Backend::Flush(_) => {
+            Backend::Flush { .. } => {
                 cpu::sfence();
                 Ok(())
             }
             Backend::Msync { page } => self.msync_dirty(ctx, page),
             Backend::Sim => {
-                let runs = ctx.dirty.coalesce();
-                if let Memory::Sim(sim) = &self.mem {
-                    sim.drain(runs);
-                }
-                let n = runs.len();
-                ctx.dirty.mark_clean(n);
+                self.drain_sim(ctx);
                 Ok(())
             }
         }
+    }
+
+    /// The simulated domain's drain: the recorded lines reach the simulated media.
+    fn drain_sim(&self, ctx: &mut FlushContext) {
+        let runs = ctx.dirty.coalesce();
+        if let Memory::Sim(sim) = &self.mem {
+            sim.drain(runs);
+        }
+        let n = runs.len();
+        ctx.dirty.mark_clean(n);
     }
 
     fn msync_dirty(&self, ctx: &mut FlushContext, page: u64) -> Result<()> {
@@ -1210,6 +1274,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub unsafe fn copy_nt_nodrain(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) {
         // SAFETY: forwarded contract.
         unsafe { self.copy_inner(ctx, offset, src, true) }
@@ -1217,26 +1282,37 @@ impl Pool {
 
     /// # Safety
     /// As [`Pool::copy_nodrain`].
+    #[inline(always)]
     unsafe fn copy_inner(&self, ctx: &mut FlushContext, offset: u64, src: &[u8], nt: bool) {
         match self.backend {
-            Backend::Flush(instr) if nt && !src.is_empty() => {
+            Backend::Flush { instr, avx } if nt && !src.is_empty() => {
                 assert!(!self.read_only, "write to a read-only pool");
                 assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
                 let dst = self.ptr_at(offset, src.len() as u64);
                 // SAFETY: the range is inside the writable mapping; the caller rules out races;
-                // `src` is a live slice, so it cannot overlap the exclusively-owned destination.
+                // `src` is a live slice, so it cannot overlap the exclusively-owned destination;
+                // `avx` is what `cpu::has_avx` said at open.
                 let (lines, nt) =
-                    unsafe { cpu::copy_nt(instr, dst.as_ptr(), src.as_ptr(), src.len()) };
-                ctx.counters.bump(LINES, lines);
+                    unsafe { cpu::copy_nt(instr, avx, dst.as_ptr(), src.as_ptr(), src.len()) };
+                if lines != 0 {
+                    ctx.counters.bump(LINES, lines);
+                }
                 ctx.counters.bump(NT_BYTES, nt);
                 ctx.pending = true;
             }
-            _ => {
-                // SAFETY: the caller's contract is write's.
-                unsafe { self.write(offset, src) };
-                self.flush(ctx, offset, src.len() as u64);
-            }
+            // SAFETY: forwarded contract.
+            _ => unsafe { self.copy_then_flush(ctx, offset, src) },
         }
+    }
+
+    /// Ordinary stores, then a flush.
+    ///
+    /// # Safety
+    /// As [`Pool::copy_nodrain`].
+    unsafe fn copy_then_flush(&self, ctx: &mut FlushContext, offset: u64, src: &[u8]) {
+        // SAFETY: the caller's contract is write's.
+        unsafe { self.write(offset, src) };
+        self.flush(ctx, offset, src.len() as u64);
     }
 
     /// [`copy_nodrain`](Pool::copy_nodrain) then [`drain`](Pool::drain).

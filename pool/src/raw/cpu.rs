@@ -6,7 +6,8 @@
 //! 2. The instruction is available: [`FlushInstr::detect`] chose it from CPUID (`clflush` is
 //!    part of SSE2, the x86-64 baseline).
 //! 3. `sfence` and the SSE2 intrinsics are part of the x86-64 baseline.
-//! 4. AVX intrinsics run only where `is_x86_feature_detected!("avx")` said the CPU has AVX.
+//! 4. AVX intrinsics run only where `is_x86_feature_detected!("avx")` said the CPU has AVX
+//!    ([`has_avx`], asked once per pool).
 
 use std::arch::asm;
 use std::arch::x86_64::{__m128i, _mm_clflush, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
@@ -89,10 +90,31 @@ impl FlushInstr {
     }
 }
 
+/// Flushes the cache line holding `addr`.
+///
+/// # Safety
+/// `addr` lies in a live mapping.
+#[inline]
+pub(crate) unsafe fn flush_line(instr: FlushInstr, addr: *const u8) {
+    match instr {
+        // SAFETY: (1)(2) the caller's contract.
+        FlushInstr::Clwb => unsafe {
+            asm!("clwb [{0}]", in(reg) addr, options(nostack, preserves_flags))
+        },
+        // SAFETY: (1)(2) as above.
+        FlushInstr::Clflushopt => unsafe {
+            asm!("clflushopt [{0}]", in(reg) addr, options(nostack, preserves_flags))
+        },
+        // SAFETY: (1)(2) as above.
+        FlushInstr::Clflush => unsafe { _mm_clflush(addr) },
+    }
+}
+
 /// Flushes every cache line that `[addr, addr + len)` touches, once; returns how many.
 ///
 /// # Safety
 /// Every byte of `[addr, addr + len)` lies in one live mapping.
+#[inline]
 pub(crate) unsafe fn flush_range(instr: FlushInstr, addr: *const u8, len: usize) -> u64 {
     if len == 0 {
         return 0;
@@ -138,15 +160,44 @@ pub(crate) fn sfence() {
     };
 }
 
+/// Whether the CPU has AVX (for [`copy_nt`]; asked once per pool, at open).
+pub(crate) fn has_avx() -> bool {
+    std::arch::is_x86_feature_detected!("avx")
+}
+
 /// Copies `len` bytes with non-temporal stores for the whole cache lines of the destination,
 /// and ordinary stores plus a flush for the partial lines at either end. Needs a drain
 /// (`sfence`) afterwards, like every flush. Returns `(lines flushed, bytes streamed)`.
 ///
 /// # Safety
 /// `dst` is valid for writes of `len` bytes inside one live mapping, `src` for reads of `len`
-/// bytes, the two do not overlap, and no other thread accesses `[dst, dst + len)` meanwhile.
+/// bytes, the two do not overlap, and no other thread accesses `[dst, dst + len)` meanwhile;
+/// `avx` only if [`has_avx`] said so.
+#[inline(always)]
 pub(crate) unsafe fn copy_nt(
     instr: FlushInstr,
+    avx: bool,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+) -> (u64, u64) {
+    if (dst as usize | len) % CACHE_LINE == 0 {
+        // Whole lines only (logs, line-widened ranges): no head or tail to store and flush.
+        // SAFETY: the caller's contract; `dst` is on a line and `len` a multiple of 64.
+        unsafe { stream_lines(avx, dst, src, len) };
+        return (0, len as u64);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { copy_nt_partial(instr, avx, dst, src, len) }
+}
+
+/// [`copy_nt`] of a range with a partial line at either end.
+///
+/// # Safety
+/// As [`copy_nt`].
+unsafe fn copy_nt_partial(
+    instr: FlushInstr,
+    avx: bool,
     dst: *mut u8,
     src: *const u8,
     len: usize,
@@ -168,18 +219,29 @@ pub(crate) unsafe fn copy_nt(
             std::ptr::copy_nonoverlapping(src, dst, head);
             flushed += flush_range(instr, dst, head);
         }
-        if std::arch::is_x86_feature_detected!("avx") {
-            // (4) AVX is present, just checked.
-            stream_lines_avx(dst.add(head), src.add(head), body);
-        } else {
-            stream_lines_sse2(dst.add(head), src.add(head), body);
-        }
+        stream_lines(avx, dst.add(head), src.add(head), body);
         if tail > 0 {
             std::ptr::copy_nonoverlapping(src.add(head + body), dst.add(head + body), tail);
             flushed += flush_range(instr, dst.add(head + body), tail);
         }
     }
     (flushed, body as u64)
+}
+
+/// Streams `len` bytes (a multiple of 64) with non-temporal stores: 32-byte ones if `avx`.
+///
+/// # Safety
+/// As [`copy_nt`], and `dst` is 64-byte aligned.
+#[inline]
+unsafe fn stream_lines(avx: bool, dst: *mut u8, src: *const u8, len: usize) {
+    if avx {
+        // SAFETY: (4) AVX is present (the caller's contract: `has_avx` said so); the rest is
+        // forwarded.
+        unsafe { stream_lines_avx(dst, src, len) }
+    } else {
+        // SAFETY: forwarded.
+        unsafe { stream_lines_sse2(dst, src, len) }
+    }
 }
 
 /// Streams `len` bytes (a multiple of 64) with 16-byte non-temporal stores.
