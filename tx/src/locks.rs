@@ -413,16 +413,30 @@ impl LockSet {
     /// [`LockSet::lock_shared`] of the one stripe `k`.
     #[inline]
     fn lock_one_shared(&mut self, table: &LockTable, k: usize) -> Result<(), Conflict> {
-        if self.held.is_empty() {
-            // The first lock of a transaction (the only one of a small read-only transaction):
-            // nothing to search, any table will do.
-            table.acquire(k, Op::Shared)?;
-            self.held.push((k as u32, Mode::Shared));
-            self.table = table.id;
-            return Ok(());
-        }
+        let i = match self.held.last() {
+            None => {
+                // The first lock of a transaction (the only one of a small read-only
+                // transaction): nothing to search, any table will do.
+                table.acquire(k, Op::Shared)?;
+                self.held.push((k as u32, Mode::Shared));
+                self.table = table.id;
+                return Ok(());
+            }
+            // Past every held stripe: appended without a search.
+            Some(&(last, _)) if k > last as usize => self.held.len(),
+            Some(_) => match self.held.binary_search_by_key(&k, |&(s, _)| s as usize) {
+                // Held shared or exclusively: either will do.
+                Ok(_) => {
+                    self.check(table);
+                    return Ok(());
+                }
+                Err(i) => i,
+            },
+        };
         self.check(table);
-        self.lock_one(table, k, Mode::Shared)
+        table.acquire(k, Op::Shared)?;
+        self.held.insert(i, (k as u32, Mode::Shared));
+        Ok(())
     }
 
     /// [`LockSet::lock_shared`] of a range that is empty or covers several stripes.
