@@ -330,8 +330,8 @@ fn counter_limit(slots: u64) -> u64 {
     (slots / 2 / COUNTERS as u64).max(1)
 }
 
-/// Where a key was found: `(table, slot index, slot, entry header)`.
-type Found = (PSlice<Slot>, u64, Slot, Header);
+/// Where a key was found: `(table, slot index, slot)`.
+type Found = (PSlice<Slot>, u64, Slot);
 
 /// Structure of a map, as [`Kv::check`] found it.
 #[derive(Clone, Debug, Default)]
@@ -518,10 +518,10 @@ impl Kv {
         self.pool.read(|tx| {
             out.clear();
             let hd = check_head(tx.get(head)?)?;
-            let Some((_, _, s, eh)) = find(tx, &hd, h, key)? else {
+            let Some((_, value)) = find(tx, &hd, h, key, true)? else {
                 return Ok(false);
             };
-            out.extend_from_slice(tx.get_slice(value_of(s.entry, &eh))?);
+            out.extend_from_slice(value);
             Ok(true)
         })
     }
@@ -538,7 +538,7 @@ impl Kv {
         let head = self.head_ptr();
         self.pool.read(|tx| {
             let hd = check_head(tx.get(head)?)?;
-            Ok(find(tx, &hd, h, key)?.is_some())
+            Ok(find(tx, &hd, h, key, false)?.is_some())
         })
     }
 
@@ -579,7 +579,7 @@ impl Kv {
         let head = self.head_ptr();
         self.pool.transaction(|tx| {
             let hd = check_head(tx.get(head)?)?;
-            let found = find(tx, &hd, h, key)?;
+            let found = find(tx, &hd, h, key, false)?.map(|(f, _)| f);
             // Where an insert goes (before allocating: a full table allocates nothing).
             let empty = match found {
                 Some(_) => None,
@@ -602,7 +602,7 @@ impl Kv {
             }
             let e: PPtr<Header> = block.as_ptr().cast();
             match (found, empty) {
-                (Some((table, i, s, _)), _) => {
+                (Some((table, i, s)), _) => {
                     tx.get_mut(table.at(i))?.entry = e;
                     tx.free(s.entry)?;
                     if migrates(h) {
@@ -635,7 +635,7 @@ impl Kv {
         let head = self.head_ptr();
         self.pool.transaction(|tx| {
             let hd = check_head(tx.get(head)?)?;
-            let Some((table, i, s, _)) = find(tx, &hd, h, key)? else {
+            let Some(((table, i, s), _)) = find(tx, &hd, h, key, false)? else {
                 return Ok(false);
             };
             if table == hd.cur {
@@ -999,7 +999,14 @@ fn value_of(e: PPtr<Header>, eh: &Header) -> PSlice<u8> {
 }
 
 /// Looks `key` (hash `h`) up in `table`: probes from its home slot to the first empty one.
-fn find_in(tx: &Tx<'_>, table: PSlice<Slot>, h: u64, key: &[u8]) -> Result<Option<Found>> {
+/// Returns where it is and, with `value`, its value bytes (else an empty slice).
+fn find_in<'t>(
+    tx: &'t Tx<'_>,
+    table: PSlice<Slot>,
+    h: u64,
+    key: &[u8],
+    value: bool,
+) -> Result<Option<(Found, &'t [u8])>> {
     let mask = table.len() - 1;
     let mut i = h & mask;
     let mut left = table.len();
@@ -1010,9 +1017,8 @@ fn find_in(tx: &Tx<'_>, table: PSlice<Slot>, h: u64, key: &[u8]) -> Result<Optio
                 return Ok(None);
             }
             if s.hash == h && s.entry != MOVED {
-                let eh = *tx.get(s.entry)?;
-                if eh.klen as usize == key.len() && tx.get_slice(key_of(s.entry, &eh))? == key {
-                    return Ok(Some((table, i + j as u64, *s, eh)));
+                if let Some(v) = entry_value(tx, s.entry, key, value)? {
+                    return Ok(Some(((table, i + j as u64, *s), v)));
                 }
             }
         }
@@ -1020,6 +1026,30 @@ fn find_in(tx: &Tx<'_>, table: PSlice<Slot>, h: u64, key: &[u8]) -> Result<Optio
         i = (i + window.len()) & mask;
     }
     Ok(None)
+}
+
+/// Whether entry `e` holds `key`: then `Some` of its value bytes with `value` (else of an empty
+/// slice). The key and the value are read with one [`Tx::get_slice`] (they follow each other):
+/// a get reads an entry with two reads (header, then key and value), usually under one stripe
+/// lock, instead of three. (A hash collision with a key of the same length thus also reads the
+/// other entry's value: rare enough.)
+fn entry_value<'t>(
+    tx: &'t Tx<'_>,
+    e: PPtr<Header>,
+    key: &[u8],
+    value: bool,
+) -> Result<Option<&'t [u8]>> {
+    let eh = *tx.get(e)?;
+    if eh.klen as usize != key.len() {
+        return Ok(None);
+    }
+    let vlen = if value { u64::from(eh.vlen) } else { 0 };
+    let bytes = tx.get_slice(PSlice::<u8>::from_raw_parts(
+        e.offset() + HEADER,
+        u64::from(eh.klen) + vlen,
+    ))?;
+    let (k, v) = bytes.split_at(key.len());
+    Ok((k == key).then_some(v))
 }
 
 /// The slots of `table` from `i` to the end of `i`'s 256-byte lock stripe (at most `left`, not
@@ -1034,13 +1064,20 @@ fn slot_window(table: PSlice<Slot>, i: u64, left: u64) -> PSlice<Slot> {
 }
 
 /// Looks `key` up in the old table (if a resize is in progress), then in the current one.
-fn find(tx: &Tx<'_>, hd: &Head, h: u64, key: &[u8]) -> Result<Option<Found>> {
+/// Returns what [`find_in`] does.
+fn find<'t>(
+    tx: &'t Tx<'_>,
+    hd: &Head,
+    h: u64,
+    key: &[u8],
+    value: bool,
+) -> Result<Option<(Found, &'t [u8])>> {
     if !hd.old.is_empty() {
-        if let Some(f) = find_in(tx, hd.old, h, key)? {
+        if let Some(f) = find_in(tx, hd.old, h, key, value)? {
             return Ok(Some(f));
         }
     }
-    find_in(tx, hd.cur, h, key)
+    find_in(tx, hd.cur, h, key, value)
 }
 
 /// The first empty slot of `table` from the home of hash `h`.

@@ -248,38 +248,53 @@ impl LockTable {
         }
     }
 
+    /// The one stripe covering `[offset, offset + len)`, if the range is non-empty and lies in
+    /// one stripe (the common case of a small object: see [`LockTable::stripes_for`]).
+    #[inline]
+    fn one_stripe(&self, offset: u64, len: u64) -> Option<usize> {
+        let last = offset.saturating_add(len.checked_sub(1)?);
+        // Both below the stripe count after masking, so they fit in usize.
+        ((offset ^ last) >> STRIPE_SHIFT == 0)
+            .then_some((offset >> STRIPE_SHIFT & self.mask) as usize)
+    }
+
     /// Acquires stripe `k` as `op` says, waiting at most the table's budget.
+    #[inline]
     fn acquire(&self, k: usize, op: Op) -> Result<(), Conflict> {
-        let word = &*self.words[k];
-        // First guess: the uncontended state, so an uncontended acquisition is one CAS.
-        let mut current = match op {
-            Op::Shared | Op::Exclusive => 0,
-            Op::Upgrade => 1,
+        // First guess: the uncontended state, so an uncontended acquisition is one CAS (inlined
+        // into the callers; the waiting loop is not).
+        let (guess, new) = match op {
+            Op::Shared => (0, 1),
+            Op::Exclusive => (0, EXCLUSIVE),
+            Op::Upgrade => (1, EXCLUSIVE),
         };
+        match self.words[k].compare_exchange(guess, new, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => Ok(()),
+            // A wrong guess is not an attempt: the loop tries once with the real value.
+            Err(actual) => self.acquire_from(k, op, actual),
+        }
+    }
+
+    /// [`LockTable::acquire`] after its guess failed: `current` is the value the word held.
+    #[inline(never)]
+    fn acquire_from(&self, k: usize, op: Op, mut current: u32) -> Result<(), Conflict> {
+        let word = &*self.words[k];
         let spins = u64::from(self.budget.spins);
         let rounds = spins + u64::from(self.budget.yields);
         let mut round = 0u64;
-        // Whether `current` is still the guess (not a value read from the word).
-        let mut guess = true;
         loop {
             let (admissible, new) = match op {
                 Op::Shared => (current < MAX_READERS, current.wrapping_add(1)),
                 Op::Exclusive => (current == 0, EXCLUSIVE),
                 Op::Upgrade => (current == 1, EXCLUSIVE),
             };
-            if admissible {
-                match word.compare_exchange(current, new, Ordering::Acquire, Ordering::Relaxed) {
-                    Ok(_) => return Ok(()),
-                    Err(actual) if guess => {
-                        // A wrong guess is not an attempt: try once with the real value.
-                        guess = false;
-                        current = actual;
-                        continue;
-                    }
-                    Err(_) => {}
-                }
+            if admissible
+                && word
+                    .compare_exchange(current, new, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Ok(());
             }
-            guess = false;
             if round >= rounds {
                 return Err(Conflict);
             }
@@ -382,7 +397,51 @@ impl LockSet {
     /// b.release_all(&table);
     /// # Ok::<(), Conflict>(())
     /// ```
+    #[inline]
     pub fn lock_shared(
+        &mut self,
+        table: &LockTable,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Conflict> {
+        match table.one_stripe(offset, len) {
+            Some(k) => self.lock_one_shared(table, k),
+            None => self.lock_shared_many(table, offset, len),
+        }
+    }
+
+    /// [`LockSet::lock_shared`] of the one stripe `k`.
+    #[inline]
+    fn lock_one_shared(&mut self, table: &LockTable, k: usize) -> Result<(), Conflict> {
+        let i = match self.held.last() {
+            None => {
+                // The first lock of a transaction (the only one of a small read-only
+                // transaction): nothing to search, any table will do.
+                table.acquire(k, Op::Shared)?;
+                self.held.push((k as u32, Mode::Shared));
+                self.table = table.id;
+                return Ok(());
+            }
+            // Past every held stripe: appended without a search.
+            Some(&(last, _)) if k > last as usize => self.held.len(),
+            Some(_) => match self.held.binary_search_by_key(&k, |&(s, _)| s as usize) {
+                // Held shared or exclusively: either will do.
+                Ok(_) => {
+                    self.check(table);
+                    return Ok(());
+                }
+                Err(i) => i,
+            },
+        };
+        self.check(table);
+        table.acquire(k, Op::Shared)?;
+        self.held.insert(i, (k as u32, Mode::Shared));
+        Ok(())
+    }
+
+    /// [`LockSet::lock_shared`] of a range that is empty or covers several stripes.
+    #[inline(never)]
+    fn lock_shared_many(
         &mut self,
         table: &LockTable,
         offset: u64,
@@ -390,9 +449,6 @@ impl LockSet {
     ) -> Result<(), Conflict> {
         self.check(table);
         let (low, high) = table.ranges(offset, len);
-        if low.len() == 1 && high.is_empty() {
-            return self.lock_one(table, low.start, Mode::Shared);
-        }
         let base = self.held.len();
         for k in low.chain(high) {
             if self.find(base, k).is_some() {
@@ -451,10 +507,10 @@ impl LockSet {
         len: u64,
     ) -> Result<(), Conflict> {
         self.check(table);
-        let (low, high) = table.ranges(offset, len);
-        if low.len() == 1 && high.is_empty() {
-            return self.lock_one(table, low.start, Mode::Exclusive);
+        if let Some(k) = table.one_stripe(offset, len) {
+            return self.lock_one(table, k, Mode::Exclusive);
         }
+        let (low, high) = table.ranges(offset, len);
         let base = self.held.len();
         let stripes = low.chain(high);
         // Whether this call upgraded a stripe: the entries of upgraded stripes still say
@@ -548,7 +604,11 @@ impl LockSet {
     /// b.release_all(&table);
     /// # Ok::<(), Conflict>(())
     /// ```
+    #[inline]
     pub fn release_all(&mut self, table: &LockTable) {
+        if self.held.is_empty() {
+            return;
+        }
         self.check(table);
         for &(s, mode) in self.held.iter() {
             match mode {
@@ -648,7 +708,9 @@ impl LockSet {
 
 impl Drop for LockSet {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        // (`cfg!`: not even the panicking check in release builds, where a read-only
+        // transaction's whole drop is a few instructions.)
+        if cfg!(debug_assertions) && !std::thread::panicking() {
             debug_assert!(
                 self.held.is_empty(),
                 "LockSet dropped while holding {} stripe locks: call release_all first",

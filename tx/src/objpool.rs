@@ -39,22 +39,28 @@ thread_local! {
 struct ActiveGuard(usize);
 
 impl ActiveGuard {
+    #[inline]
     fn enter(pool: &Pool) -> Result<ActiveGuard> {
         let id = pool as *const Pool as usize;
         let first = ACTIVE.get();
+        if first == 0 {
+            // Guards are locals of `transaction` and `read`, so they are dropped in the reverse
+            // order of their creation: with no pool in `ACTIVE`, there is none in `ACTIVE_MORE`
+            // either (the common case: no transaction on this thread).
+            debug_assert!(ACTIVE_MORE.with_borrow(Vec::is_empty));
+            ACTIVE.set(id);
+            return Ok(ActiveGuard(id));
+        }
         if first == id || ACTIVE_MORE.with_borrow(|more| more.contains(&id)) {
             return Err(TxError::NestedTransaction);
         }
-        if first == 0 {
-            ACTIVE.set(id);
-        } else {
-            ACTIVE_MORE.with_borrow_mut(|more| more.push(id));
-        }
+        ACTIVE_MORE.with_borrow_mut(|more| more.push(id));
         Ok(ActiveGuard(id))
     }
 }
 
 impl Drop for ActiveGuard {
+    #[inline]
     fn drop(&mut self) {
         if ACTIVE.get() == self.0 {
             ACTIVE.set(0);

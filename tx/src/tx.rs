@@ -231,6 +231,7 @@ impl<'p> Tx<'p> {
     }
 
     /// Checks `len` bytes at `off` holding values aligned to `align` (see [`Tx::check`]).
+    #[inline]
     fn check_range(&self, off: u64, len: u64, align: usize) -> Result<()> {
         if off == 0 {
             return Err(TxError::Null);
@@ -240,6 +241,9 @@ impl<'p> Tx<'p> {
         }
         if len == 0 || !self.pool.in_objects(off, len) {
             return Err(TxError::InvalidPointer { offset: off, len });
+        }
+        if self.frees.is_empty() && self.dead_allocs.is_empty() {
+            return Ok(()); // (always in a read-only transaction)
         }
         self.check_not_freed(off, len)
     }
@@ -389,7 +393,12 @@ impl<'p> Tx<'p> {
     }
 
     /// The bytes `[off, off + len)` (checked by the caller) as this transaction sees them.
+    #[inline]
     fn read_bytes_at(&self, off: u64, len: u64) -> Result<&[u8]> {
+        if self.shadows.is_empty() {
+            // (Every read of a read-only transaction: nothing to look up.)
+            return self.pool_bytes_shared(off, len);
+        }
         let (ls, le) = line_bounds(off, len);
         if let Some(i) = self.containing(ls, le) {
             let s = &self.shadows[i];
@@ -429,6 +438,14 @@ impl<'p> Tx<'p> {
             let at = (off - ls) as usize;
             return Ok(&bytemuck::cast_slice(lines)[at..at + len as usize]);
         }
+        self.pool_bytes_shared(off, len)
+    }
+
+    /// The pool's bytes `[off, off + len)` (checked by the caller, outside every shadow of this
+    /// transaction), under a shared lock.
+    #[inline]
+    fn pool_bytes_shared(&self, off: u64, len: u64) -> Result<&[u8]> {
+        let table = self.pool.lock_table();
         self.locks
             .borrow_mut()
             .lock_shared(table, off, len)
@@ -437,7 +454,7 @@ impl<'p> Tx<'p> {
         // entry). We now hold a shared lock on every stripe covering the range until this
         // transaction ends (`Drop` releases it), and every writer of object bytes — another
         // transaction's commit — holds an exclusive lock on them while it writes; this
-        // transaction's own writes happen at commit, which takes `self` by value, so after
+        // transaction's own writes happen at commit, which takes `&mut self`, so after
         // every reference returned here is gone.
         Ok(unsafe { raw::pool_bytes(self.pool.raw(), off, len) })
     }
