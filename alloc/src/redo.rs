@@ -53,6 +53,9 @@ pub const EXT_ALIGN: u64 = CACHE_LINE;
 /// The commit writes a log's slots in whole cache lines through a staging buffer of this size
 /// (bounded scratch memory whatever the log's size) ...
 const STAGE: usize = 4096;
+
+/// Most word entries (and ranges) of a commit whose words go with non-temporal stores.
+const STREAM_WORDS_MAX: usize = 16;
 /// ... except that range data of this size or more is written straight from the caller's
 /// slice (its whole lines; the partial lines at its ends go through the staging buffer).
 const DIRECT_MIN: usize = 512;
@@ -2905,11 +2908,34 @@ impl LaneLog {
         // flush (step 5').
         self.scratch.plain.clear();
         let mut nt_lines = 0;
-        for e in entries {
-            // SAFETY: the caller owns every target word exclusively for the call; the target
-            // was checked (aligned, inside the pool, not in the header or a lane).
-            unsafe { store_word(pool, e.target, e.value) };
-            self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
+        // Without deferral the words go with `Pool::store_words_nodrain`: in the cache-flush
+        // modes non-temporal stores, as the ranges' whole lines — a drain after `movnti` costs
+        // far less than after a store and `clwb` of the line (§8; an alloc + free pair has two
+        // such drains); elsewhere a store and a flush of each line, as before. Not when a range
+        // of this commit writes a word's line (its ordinary stores must come after the word's,
+        // in the cache), and only for a few words (the distinct lines are counted pairwise).
+        let stream_words = !deferred
+            && entries.len() <= STREAM_WORDS_MAX
+            && ranges.len() <= STREAM_WORDS_MAX
+            && entries.iter().all(|e| {
+                let line = e.target & !(CACHE_LINE - 1);
+                ranges.iter().all(|r| {
+                    let end = r.target + r.data.len() as u64;
+                    r.data.is_empty() || line + CACHE_LINE <= r.target || end <= line
+                })
+            });
+        if stream_words {
+            let words: smallvec::SmallVec<[(u64, u64); STREAM_WORDS_MAX]> =
+                entries.iter().map(|e| (e.target, e.value)).collect();
+            // SAFETY: the caller owns every target word exclusively for the call; the targets
+            // were checked (aligned, inside the pool, not in the header or a lane).
+            nt_lines += unsafe { pool.store_words_nodrain(ctx, &words) } as usize;
+        } else {
+            for e in entries {
+                // SAFETY: as above.
+                unsafe { store_word(pool, e.target, e.value) };
+                self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
+            }
         }
         for r in ranges {
             let (first, end) = (r.target, r.target + r.data.len() as u64);

@@ -1070,6 +1070,78 @@ impl Pool {
         }
     }
 
+    /// Stores each `(offset, value)` of `words` (8-byte aligned offsets; in order, so of
+    /// duplicate offsets the last wins) and makes it durable at the next
+    /// [`drain`](Pool::drain) of `ctx`: in the cache-flush modes with a non-temporal store
+    /// each (`movnti`: no flush needed, and the drain after it is much cheaper than after
+    /// `clwb`, `docs/REDO.md` §8), elsewhere with an ordinary store and a flush. Counts each
+    /// distinct cache line once as flushed. Returns the number of distinct lines.
+    ///
+    /// # Safety
+    /// No other thread reads or writes any of the words meanwhile, and no reference to one is
+    /// live (as [`Pool::write`]; the other bytes of their lines are not touched).
+    ///
+    /// # Panics
+    /// If a word is not inside the pool or not 8-byte aligned, the pool is read-only, or `ctx`
+    /// belongs to another pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    ///
+    /// let (pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let off = pool.geometry().root_offset;
+    /// let mut ctx = pool.flush_context();
+    /// // SAFETY: no other thread or reference touches these words.
+    /// let lines = unsafe { pool.store_words_nodrain(&mut ctx, &[(off, 1), (off + 8, 2), (off + 64, 3)]) };
+    /// assert_eq!((lines, ctx.counters().lines_flushed), (2, 2));
+    /// pool.drain(&mut ctx)?;
+    /// assert_eq!(sim.media_image()[off as usize + 64], 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub unsafe fn store_words_nodrain(&self, ctx: &mut FlushContext, words: &[(u64, u64)]) -> u64 {
+        assert!(!self.read_only, "write to a read-only pool");
+        assert_eq!(ctx.pool_id, self.id, "flush context of another pool");
+        let first_of_line = |i: usize| {
+            words[..i]
+                .iter()
+                .all(|&(o, _)| o / LINE != words[i].0 / LINE)
+        };
+        let mut lines = 0;
+        for (i, &(offset, value)) in words.iter().enumerate() {
+            assert!(offset % 8 == 0, "misaligned word {offset:#x}");
+            if let Backend::Flush { .. } = self.backend {
+                let p = self.ptr_at(offset, 8).as_ptr().cast::<u64>();
+                // SAFETY: inside the writable mapping (checked by ptr_at; not read-only),
+                // 8-byte aligned (page-aligned mapping, aligned offset); the caller rules out
+                // concurrent access to the word.
+                unsafe { cpu::store_u64_nt(p, value) };
+            } else {
+                // SAFETY: the caller's contract is write's.
+                unsafe { self.write(offset, &value.to_ne_bytes()) };
+            }
+            lines += u64::from(first_of_line(i));
+        }
+        if lines == 0 {
+            return 0;
+        }
+        if let Backend::Flush { .. } = self.backend {
+            ctx.counters.bump(LINES, lines);
+            ctx.pending = true;
+        } else {
+            // Recorded after every store (the simulated domain snapshots a line when flushed).
+            for (i, &(offset, _)) in words.iter().enumerate() {
+                if first_of_line(i) {
+                    self.record_flush(ctx, offset / LINE * LINE, LINE);
+                }
+            }
+        }
+        lines
+    }
+
     /// [`Pool::flush`] in msync mode and in the simulated domain: records what was flushed
     /// (`len > 0`, the range checked).
     fn record_flush(&self, ctx: &mut FlushContext, offset: u64, len: u64) {
