@@ -21,6 +21,14 @@ pub struct RaceCell<T>(
 
 impl<T> RaceCell<T> {
     /// A cell holding `value`.
+    ///
+    /// ```
+    /// use pmstore_alloc::primitive::RaceCell;
+    ///
+    /// let cell = RaceCell::new(5u32);
+    /// // SAFETY: no other access to the cell is live.
+    /// assert_eq!(unsafe { *cell.get_mut_ptr() }, 5);
+    /// ```
     pub fn new(value: T) -> RaceCell<T> {
         #[cfg(loom)]
         return RaceCell(loom::cell::UnsafeCell::new(value));
@@ -30,6 +38,16 @@ impl<T> RaceCell<T> {
 
     /// A pointer to the value, recorded as a mutable access under loom (which reports it if
     /// it does not happen-after every other access, or before it).
+    ///
+    /// ```
+    /// use pmstore_alloc::primitive::RaceCell;
+    ///
+    /// let cell = RaceCell::new(String::from("a"));
+    /// // SAFETY: this thread is the only one using the cell; no reference to it is live.
+    /// unsafe { (*cell.get_mut_ptr()).push('b') };
+    /// // SAFETY: as above.
+    /// assert_eq!(unsafe { &*cell.get_mut_ptr() }, "ab");
+    /// ```
     pub fn get_mut_ptr(&self) -> *mut T {
         #[cfg(loom)]
         return self.0.with_mut(|p| p);

@@ -511,6 +511,15 @@ pub struct LaneClaim<'a, T> {
     _item: PhantomData<&'a mut T>,
 }
 
+/// The claimed slot.
+///
+/// ```
+/// use pmstore_alloc::volatile::LaneSlots;
+///
+/// let lanes = LaneSlots::new(vec!['a', 'b']);
+/// let claim = lanes.claim_near(0);
+/// assert_eq!((claim.index(), *claim), (0, 'a'));
+/// ```
 impl<T> LaneClaim<'_, T> {
     /// The slot's index.
     ///
