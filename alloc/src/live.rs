@@ -36,6 +36,7 @@ const MASK_LINES: u64 = 256;
 
 /// The Bloom mask of every cache line `[target, target + len)` touches, OR-ed into `m`
 /// (`u64::MAX` beyond [`MASK_LINES`] lines).
+#[inline]
 pub(crate) fn add_range_mask(m: u64, target: u64, len: u64) -> u64 {
     if len == 0 {
         return m;
@@ -44,7 +45,35 @@ pub(crate) fn add_range_mask(m: u64, target: u64, len: u64) -> u64 {
     if end - first > MASK_LINES {
         return u64::MAX;
     }
-    (first..end).fold(m, |m, l| m | line_bit(l * 64))
+    // The first line apart: most ranges have one line, and the loop's vectorized set-up
+    // costs more than its one iteration.
+    let mut m = m | line_bit(first * 64);
+    let mut l = first + 1;
+    while l < end {
+        m |= line_bit(l * 64);
+        l += 1;
+    }
+    m
+}
+
+/// The Bloom mask of the lines a commit stores to: its words' (`words`, their offsets), its
+/// ranges' and its extension's `[ext_off, ext_off + ext_len)` (the log's lines there).
+/// (One loop without iterator adaptors: this runs at every commit of the cache-flush modes.)
+#[inline(always)]
+pub(crate) fn commit_mask(
+    words: impl Iterator<Item = u64>,
+    ranges: &[crate::redo::RedoRange<'_>],
+    ext_off: u64,
+    ext_len: u64,
+) -> u64 {
+    let mut m = 0;
+    for w in words {
+        m |= line_bit(w & !63);
+    }
+    for r in ranges {
+        m = add_range_mask(m, r.target, r.data.len() as u64);
+    }
+    add_range_mask(m, ext_off, ext_len)
 }
 
 /// Whether two sorted, deduplicated line lists share a line.

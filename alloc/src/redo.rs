@@ -519,6 +519,10 @@ pub struct RedoLayout {
     /// Slot 0 may hold a log of the single-region layout of pools made before lane format 2
     /// (no `INCOMPAT_LANE_SLOTS` bit): recovery accepts its longer in-lane part.
     legacy: bool,
+    /// [`RedoLayout::log_size`] and [`RedoLayout::capacity`], derived from `lane_size` once
+    /// (every commit asks for them, several times).
+    log_size: u64,
+    capacity: usize,
 }
 
 /// Where logs lie and what they may store to.
@@ -569,7 +573,7 @@ impl RedoLayout {
             });
         }
         let heap = HeapGeometry::new(geometry.heap_offset, geometry.heap_size);
-        Ok(RedoLayout {
+        Ok(RedoLayout::with_sizes(RedoLayout {
             pool_size,
             lanes_offset: geometry.lanes_offset,
             lane_count: geometry.lane_count,
@@ -577,7 +581,16 @@ impl RedoLayout {
             data_start: heap.data,
             data_end: heap.data_end().min(pool_size),
             legacy: false,
-        })
+            log_size: 0,
+            capacity: 0,
+        }))
+    }
+
+    /// `l` with its derived sizes computed from its `lane_size`.
+    fn with_sizes(mut l: RedoLayout) -> RedoLayout {
+        l.log_size = u64::from(l.lane_size) / u64::from(LOG_SLOTS) / CACHE_LINE * CACHE_LINE;
+        l.capacity = ((l.log_size - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize;
+        l
     }
 
     /// The layout of `pool`: [`RedoLayout::new`], accepting in slot 0 the logs of pools made
@@ -631,7 +644,7 @@ impl RedoLayout {
     /// # }
     /// ```
     pub fn log_size(&self) -> u64 {
-        u64::from(self.lane_size) / u64::from(LOG_SLOTS) / CACHE_LINE * CACHE_LINE
+        self.log_size
     }
 
     /// Slots one log region holds: `(log_size - 64) / 16`.
@@ -647,7 +660,7 @@ impl RedoLayout {
     /// # }
     /// ```
     pub fn capacity(&self) -> usize {
-        ((self.log_size() - REDO_HEADER_SIZE) / REDO_ENTRY_SIZE) as usize
+        self.capacity
     }
 
     /// In-lane slots of a slot-0 log written with the single-region layout of pools made
@@ -2782,13 +2795,7 @@ impl LaneLog {
         let own_mask = if live {
             u64::MAX
         } else {
-            let m = entries
-                .iter()
-                .fold(0, |m, e| m | live::line_bit(e.target & !(CACHE_LINE - 1)));
-            let m = ranges.iter().fold(m, |m, r| {
-                live::add_range_mask(m, r.target, r.data.len() as u64)
-            });
-            live::add_range_mask(m, ext_off, ext_len)
+            live::commit_mask(entries.iter().map(|e| e.target), ranges, ext_off, ext_len)
         };
         sh.flush_pending(
             pool,
@@ -2915,6 +2922,7 @@ impl LaneLog {
         // of this commit writes a word's line (its ordinary stores must come after the word's,
         // in the cache), and only for a few words (the distinct lines are counted pairwise).
         let stream_words = !deferred
+            && !entries.is_empty()
             && entries.len() <= STREAM_WORDS_MAX
             && ranges.len() <= STREAM_WORDS_MAX
             && entries.iter().all(|e| {
@@ -3263,7 +3271,7 @@ mod tests {
         // 8 MiB pool, 4 KiB root, 4 lanes of 16 KiB, then the heap.
         let heap_offset = 8192 + 4 * (16 << 10);
         let heap = HeapGeometry::new(heap_offset, (8 << 20) - heap_offset);
-        RedoLayout {
+        RedoLayout::with_sizes(RedoLayout {
             pool_size: 8 << 20,
             lanes_offset: 8192,
             lane_count: 4,
@@ -3271,7 +3279,9 @@ mod tests {
             data_start: heap.data,
             data_end: heap.data_end(),
             legacy: false,
-        }
+            log_size: 0,
+            capacity: 0,
+        })
     }
 
     fn region(bytes: &[u8]) -> Vec<u8> {
