@@ -542,6 +542,9 @@ impl<'p> Tx<'p> {
         // `&mut self`: no snapshot is borrowed any more.
         self.snapshots.get_mut().clear();
         let (ls, le) = line_bounds(off, len);
+        if self.shadows.is_empty() {
+            return self.first_shadow(off, len);
+        }
         let i = match self.containing(ls, le) {
             Some(i) => i,
             None => {
@@ -611,6 +614,53 @@ impl<'p> Tx<'p> {
         let s = self.shadows[i];
         let at = (off - s.start) as usize;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[s.arena_range()]);
+        Ok(&mut bytes[at..at + len as usize])
+    }
+
+    /// [`Tx::shadow_mut`] when this transaction has no shadow yet (its first write, often its
+    /// only one): nothing to look up or absorb, so a shadow of the lines made straight away.
+    #[inline]
+    fn first_shadow(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        let (ls, le) = line_bounds(off, len);
+        let table = self.pool.lock_table();
+        if self
+            .locks
+            .get_mut()
+            .lock_exclusive(table, off, len)
+            .is_err()
+        {
+            return Err(self.conflict());
+        }
+        // (No shadow, so no line in use: the arena is empty, as it starts.)
+        debug_assert!(self.lines.is_empty());
+        self.lines.clear();
+        // SAFETY: [ls, le) lies in the pool (whole lines around checked bytes), and every byte
+        // of it is covered by stripes this transaction now holds exclusively (stripes are
+        // 256-byte aligned, so they cover whole lines): no other thread writes them; the slice
+        // is only used for the copy.
+        let src = unsafe { raw::pool_bytes(self.pool.raw(), ls, le - ls) };
+        match bytemuck::try_cast_slice::<u8, Line>(src) {
+            Ok(src) if src.len() <= INLINE_LINES => {
+                for line in src {
+                    self.lines.push(*line);
+                }
+            }
+            Ok(src) => self.lines.extend_from_slice(src),
+            // (The mapping is page-aligned, so this is not expected.)
+            Err(_) => {
+                self.lines
+                    .resize(((le - ls) / CACHE_LINE) as usize, Line::zeroed());
+                bytemuck::cast_slice_mut(&mut self.lines[..]).copy_from_slice(src);
+            }
+        }
+        let n = self.lines.len();
+        self.shadows.push(Shadow {
+            start: ls,
+            first: 0,
+            lines: n,
+        });
+        let at = (off - ls) as usize;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[..]);
         Ok(&mut bytes[at..at + len as usize])
     }
 
