@@ -147,14 +147,19 @@ pub struct Tx<'p> {
     /// only pushed through `&self` and dropped through `&mut self` (or at the end), so a slice
     /// of one stays valid while the `&Tx` it was borrowed from does.
     snapshots: RefCell<Vec<Box<[Line]>>>,
-    /// Blocks reserved by this transaction, published at commit.
+    /// Blocks reserved by this transaction, published at commit. A `Vec` because the
+    /// allocator's publication takes one; its buffer is borrowed from [`ALLOCS_BUF`] at the first
+    /// allocation and given back at the end, so that a transaction that allocates does not
+    /// also allocate and free this buffer in the process heap.
     allocs: Vec<Reservation>,
     /// Blocks reserved and then freed by this transaction: cancelled when it ends (not
     /// before: a cancelled block could be reserved by another transaction while a shadow of
     /// ours still covers it).
     dead_allocs: Vec<Reservation>,
-    /// Published blocks freed by this transaction: `(offset, usable size)`.
-    frees: Vec<(u64, u64)>,
+    /// Offsets of the published blocks freed by this transaction (as the allocator takes
+    /// them), and their usable sizes (same order).
+    frees: SmallVec<[u64; 2]>,
+    free_sizes: SmallVec<[u64; 2]>,
     /// A lock could not be acquired: the transaction must be retried.
     conflict: Cell<bool>,
     /// A nested transaction failed: the whole transaction aborts.
@@ -185,7 +190,17 @@ impl Drop for Tx<'_> {
         self.allocs.clear();
         self.dead_allocs.clear();
         self.locks.get_mut().release_all(self.pool.lock_table());
+        if self.allocs.capacity() != 0 {
+            let buf = std::mem::take(&mut self.allocs);
+            // (During thread teardown the cache may be gone: the buffer is then just freed.)
+            let _ = ALLOCS_BUF.try_with(|c| c.set(buf));
+        }
     }
+}
+
+thread_local! {
+    /// An empty buffer for [`Tx::allocs`], kept between this thread's transactions.
+    static ALLOCS_BUF: Cell<Vec<Reservation>> = const { Cell::new(Vec::new()) };
 }
 
 impl<'p> Tx<'p> {
@@ -199,7 +214,8 @@ impl<'p> Tx<'p> {
             snapshots: RefCell::new(Vec::new()),
             allocs: Vec::new(),
             dead_allocs: Vec::new(),
-            frees: Vec::new(),
+            frees: SmallVec::new(),
+            free_sizes: SmallVec::new(),
             conflict: Cell::new(false),
             failed: Cell::new(false),
             writable,
@@ -266,7 +282,12 @@ impl<'p> Tx<'p> {
 
     fn check_not_freed(&self, off: u64, len: u64) -> Result<()> {
         let hit = |(o, s): (u64, u64)| off < o + s && o < off + len;
-        if self.frees.iter().copied().any(hit)
+        if self
+            .frees
+            .iter()
+            .copied()
+            .zip(self.free_sizes.iter().copied())
+            .any(hit)
             || self.dead_allocs.iter().any(|r| hit((r.offset(), r.size())))
         {
             return Err(TxError::UseAfterFree { offset: off });
@@ -521,6 +542,9 @@ impl<'p> Tx<'p> {
         // `&mut self`: no snapshot is borrowed any more.
         self.snapshots.get_mut().clear();
         let (ls, le) = line_bounds(off, len);
+        if self.shadows.is_empty() {
+            return self.first_shadow(off, len);
+        }
         let i = match self.containing(ls, le) {
             Some(i) => i,
             None => {
@@ -590,6 +614,53 @@ impl<'p> Tx<'p> {
         let s = self.shadows[i];
         let at = (off - s.start) as usize;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[s.arena_range()]);
+        Ok(&mut bytes[at..at + len as usize])
+    }
+
+    /// [`Tx::shadow_mut`] when this transaction has no shadow yet (its first write, often its
+    /// only one): nothing to look up or absorb, so a shadow of the lines made straight away.
+    #[inline]
+    fn first_shadow(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        let (ls, le) = line_bounds(off, len);
+        let table = self.pool.lock_table();
+        if self
+            .locks
+            .get_mut()
+            .lock_exclusive(table, off, len)
+            .is_err()
+        {
+            return Err(self.conflict());
+        }
+        // (No shadow, so no line in use: the arena is empty, as it starts.)
+        debug_assert!(self.lines.is_empty());
+        self.lines.clear();
+        // SAFETY: [ls, le) lies in the pool (whole lines around checked bytes), and every byte
+        // of it is covered by stripes this transaction now holds exclusively (stripes are
+        // 256-byte aligned, so they cover whole lines): no other thread writes them; the slice
+        // is only used for the copy.
+        let src = unsafe { raw::pool_bytes(self.pool.raw(), ls, le - ls) };
+        match bytemuck::try_cast_slice::<u8, Line>(src) {
+            Ok(src) if src.len() <= INLINE_LINES => {
+                for line in src {
+                    self.lines.push(*line);
+                }
+            }
+            Ok(src) => self.lines.extend_from_slice(src),
+            // (The mapping is page-aligned, so this is not expected.)
+            Err(_) => {
+                self.lines
+                    .resize(((le - ls) / CACHE_LINE) as usize, Line::zeroed());
+                bytemuck::cast_slice_mut(&mut self.lines[..]).copy_from_slice(src);
+            }
+        }
+        let n = self.lines.len();
+        self.shadows.push(Shadow {
+            start: ls,
+            first: 0,
+            lines: n,
+        });
+        let at = (off - ls) as usize;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[..]);
         Ok(&mut bytes[at..at + len as usize])
     }
 
@@ -747,6 +818,9 @@ impl<'p> Tx<'p> {
         let r = self.pool.heap().reserve(self.pool.raw(), len.max(1))?;
         let off = r.offset();
         debug_assert_eq!(off % align as u64, 0, "blocks are aligned");
+        if self.allocs.capacity() == 0 {
+            self.allocs = ALLOCS_BUF.try_with(Cell::take).unwrap_or_default();
+        }
         self.allocs.push(r);
         if len > 0 {
             init(self.shadow_mut(off, len)?);
@@ -822,9 +896,7 @@ impl<'p> Tx<'p> {
             self.dead_allocs.push(r);
             return Ok(());
         }
-        if self.frees.iter().any(|&(o, _)| o == off)
-            || self.dead_allocs.iter().any(|r| r.offset() == off)
-        {
+        if self.frees.contains(&off) || self.dead_allocs.iter().any(|r| r.offset() == off) {
             return Err(TxError::DoubleFree { offset: off });
         }
         let size = self.pool.heap().usable_size(self.pool.raw(), off)?;
@@ -837,7 +909,8 @@ impl<'p> Tx<'p> {
         {
             return Err(self.conflict());
         }
-        self.frees.push((off, size));
+        self.frees.push(off);
+        self.free_sizes.push(size);
         Ok(())
     }
 
@@ -894,11 +967,16 @@ impl<'p> Tx<'p> {
         let pool = self.pool;
         let raw = pool.raw();
         // Bytes that must not be written: blocks freed by this transaction.
-        let (frees, dead_allocs) = (&self.frees, &self.dead_allocs);
+        let frees = || {
+            self.frees
+                .iter()
+                .copied()
+                .zip(self.free_sizes.iter().copied())
+        };
+        let dead_allocs = &self.dead_allocs;
         let overlaps_dead = |s: &Shadow| {
             let hit = |o: u64, n: u64| o < s.end() && s.start < o + n;
-            frees.iter().any(|&(o, n)| hit(o, n))
-                || dead_allocs.iter().any(|r| hit(r.offset(), r.size()))
+            frees().any(|(o, n)| hit(o, n)) || dead_allocs.iter().any(|r| hit(r.offset(), r.size()))
         };
 
         // Blocks allocated by this transaction (`fresh`): logged whole (not diffed), so the
@@ -926,7 +1004,7 @@ impl<'p> Tx<'p> {
             // this slice.
             let current = unsafe { raw::pool_bytes(raw, s.start, CACHE_LINE * s.lines as u64) };
             if overlaps_dead(s) {
-                let dead: Vec<(u64, u64)> = (frees.iter().copied())
+                let dead: Vec<(u64, u64)> = frees()
                     .chain(dead_allocs.iter().map(|r| (r.offset(), r.size())))
                     .collect();
                 let bytes = bytemuck::cast_slice(mine);
@@ -940,11 +1018,7 @@ impl<'p> Tx<'p> {
         if ranges.is_empty() && self.allocs.is_empty() && self.frees.is_empty() {
             return Ok(info);
         }
-        let frees: SmallVec<[u64; 4]> = if self.frees.is_empty() {
-            SmallVec::new() // (collecting nothing is not free)
-        } else {
-            self.frees.iter().map(|&(o, _)| o).collect()
-        };
+        let frees = &self.frees[..];
         let heap = pool.heap();
         // A log too large for a lane continues in an extension block, which commit writes: this
         // transaction reserves it and locks it like every other byte it writes, so that no
@@ -983,7 +1057,7 @@ impl<'p> Tx<'p> {
                     &mut lane,
                     raw,
                     &mut self.allocs,
-                    &frees,
+                    frees,
                     &[],
                     &ranges,
                     ext,
