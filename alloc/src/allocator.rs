@@ -73,12 +73,66 @@ struct Chunks {
     frontier: u32,
     /// Free extents `start -> len`, coalesced.
     free: BTreeMap<u32, u32>,
-    /// Runs and spans by first chunk.
-    objs: BTreeMap<u32, Obj>,
+    /// Runs and spans by first chunk, and which one covers each chunk.
+    objs: ObjTable,
     /// Runs met by the scan that no arena owns yet, per class.
     unowned: Vec<Vec<Arc<Run>>>,
     /// Chunk headers read by frontier scans.
     scanned: u64,
+}
+
+/// The runs and spans of the scanned chunks, indexed by chunk: finding the object that
+/// covers a chunk (every free and `usable_size`) is two array reads, not a tree search, and
+/// opening or releasing a run writes its chunks' entries instead of rebalancing a tree. Sized
+/// to the frontier (every object lies below it): a few bytes per 256 KiB chunk.
+#[derive(Debug, Default)]
+struct ObjTable {
+    /// Per chunk: the first chunk of the run or span covering it, plus one (0: none).
+    cover: Vec<u32>,
+    /// Per chunk: the run or span starting there.
+    starts: Vec<Option<Obj>>,
+}
+
+impl ObjTable {
+    /// Makes room for chunks `[0, frontier)`.
+    fn grow(&mut self, frontier: u32) {
+        let n = frontier as usize;
+        if self.cover.len() < n {
+            self.cover.resize(n, 0);
+            self.starts.resize(n, None);
+        }
+    }
+
+    fn insert(&mut self, start: u32, obj: Obj) {
+        let (s, len) = (start as usize, obj.len() as usize);
+        self.cover[s..s + len].fill(start + 1);
+        self.starts[s] = Some(obj);
+    }
+
+    fn remove(&mut self, start: u32) {
+        if let Some(obj) = self.starts[start as usize].take() {
+            let s = start as usize;
+            self.cover[s..s + obj.len() as usize].fill(0);
+        }
+    }
+
+    fn get(&self, start: u32) -> Option<&Obj> {
+        self.starts.get(start as usize)?.as_ref()
+    }
+
+    /// The run or span covering `chunk` (scanned), and its first chunk.
+    fn covering(&self, chunk: u32) -> Option<(u32, &Obj)> {
+        let s = self.cover.get(chunk as usize)?.checked_sub(1)?;
+        Some((s, self.get(s)?))
+    }
+
+    /// Every run and span, in chunk order.
+    fn iter(&self) -> impl Iterator<Item = (u32, &Obj)> {
+        self.starts
+            .iter()
+            .enumerate()
+            .filter_map(|(s, o)| Some((s as u32, o.as_ref()?)))
+    }
 }
 
 impl Chunks {
@@ -192,13 +246,85 @@ pub struct Heap {
     core: Arc<Core>,
 }
 
+/// One arena: per class, the runs to allocate from (the last one first), and released runs'
+/// volatile state kept for the class's next new run.
+#[derive(Debug)]
+struct Arena {
+    runs: Vec<Vec<Arc<Run>>>,
+    /// Released runs no one else refers to: a run emptied by a free is released, and the next
+    /// allocation of its class opens a new one (an alloc/free pair does both every time), so
+    /// reusing the `Run` and its bitmap vectors saves three heap allocations and frees.
+    spare: Vec<Vec<Arc<Run>>>,
+}
+
+/// Spare runs kept per class and arena.
+const SPARE_RUNS: usize = 2;
+
+impl std::ops::Index<usize> for Arena {
+    type Output = Vec<Arc<Run>>;
+    fn index(&self, class: usize) -> &Vec<Arc<Run>> {
+        &self.runs[class]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Arena {
+    fn index_mut(&mut self, class: usize) -> &mut Vec<Arc<Run>> {
+        &mut self.runs[class]
+    }
+}
+
+impl Arena {
+    /// Pops the last run of class `ci` (`dead`, else full), keeping it as a spare if it is dead
+    /// and nothing else refers to it (a dead run is never reached again through the heap: it
+    /// left the object table when it was released).
+    fn pop_run(&mut self, ci: usize, dead: bool) {
+        if let Some(run) = self.runs[ci].pop() {
+            if dead && Arc::strong_count(&run) == 1 && self.spare[ci].len() < SPARE_RUNS {
+                self.spare[ci].push(run);
+            }
+        }
+    }
+
+    /// A volatile-only run of class `c` at chunk `start` with every block free: a spare one
+    /// if it is still unshared (`Arc::get_mut`), else a new one.
+    fn new_run(&mut self, start: u32, c: &'static SizeClass) -> Arc<Run> {
+        let ci = usize::from(c.id);
+        while let Some(mut spare) = self.spare[ci].pop() {
+            // Unshared: no lock needed (nor taken, which would be against the lock order: the
+            // caller holds the chunk allocator's).
+            if let Some(run) = Arc::get_mut(&mut spare) {
+                let st = run.state.get_mut().unwrap_or_else(|e| e.into_inner());
+                let Some(bits) = st.bits.as_mut() else {
+                    continue;
+                };
+                bits.clear();
+                st.on_media = false;
+                st.dead = false;
+                st.listed = true;
+                run.start = start;
+                return spare;
+            }
+        }
+        Arc::new(Run {
+            start,
+            class: c,
+            state: Mutex::new(RunState {
+                bits: Some(RunBits::empty(c.blocks)),
+                on_media: false,
+                dead: false,
+                listed: true,
+            }),
+        })
+    }
+}
+
 /// The volatile state shared with the outstanding [`Reservation`]s (which cancel themselves
 /// through it when dropped).
 #[derive(Debug)]
 struct Core {
     chunks: Mutex<Chunks>,
     /// Per arena, per class: runs to allocate from (the last one first).
-    arenas: Vec<Mutex<Vec<Vec<Arc<Run>>>>>,
+    arenas: Vec<Mutex<Arena>>,
     /// Runs on media that a cancel left empty (a free emptied them while a reservation in them
     /// was outstanding): the next publish first releases them (header := 0) in a commit of
     /// their own, unless they were used again meanwhile.
@@ -211,7 +337,7 @@ struct Core {
 
 impl Core {
     /// This thread's arena.
-    fn arena(&self) -> MutexGuard<'_, Vec<Vec<Arc<Run>>>> {
+    fn arena(&self) -> MutexGuard<'_, Arena> {
         lock(&self.arenas[thread_index() % self.arenas.len()])
     }
 
@@ -231,7 +357,7 @@ impl Core {
                     debug_assert_eq!(bits.used(), 0);
                     st.dead = true;
                     let mut ch = lock(&self.chunks);
-                    ch.objs.remove(&run.start);
+                    ch.objs.remove(run.start);
                     ch.add_free(run.start, run.class.run_chunks);
                     return;
                 }
@@ -497,7 +623,12 @@ impl Heap {
                     ..Chunks::default()
                 }),
                 arenas: (0..arenas)
-                    .map(|_| Mutex::new(vec![Vec::new(); classes]))
+                    .map(|_| {
+                        Mutex::new(Arena {
+                            runs: vec![Vec::new(); classes],
+                            spare: vec![Vec::new(); classes],
+                        })
+                    })
                     .collect(),
                 release_queue: Mutex::new(Vec::new()),
                 release_pending: AtomicBool::new(false),
@@ -600,6 +731,7 @@ impl Heap {
             objs.push((i, h));
             i += len;
         }
+        ch.objs.grow(i);
         for s in free {
             ch.add_free(s, 1);
         }
@@ -929,17 +1061,19 @@ impl Heap {
         let ci = usize::from(c.id);
         let mut arena = self.core.arena();
         loop {
-            if let Some(run) = arena[ci].last().cloned() {
+            if let Some(run) = arena[ci].last() {
                 let mut st = lock(&run.state);
                 if st.dead {
                     st.listed = false;
-                    arena[ci].pop();
+                    drop(st);
+                    arena.pop_run(ci, true);
                     continue;
                 }
-                self.load_bits(pool, &run, &mut st)?;
+                self.load_bits(pool, run, &mut st)?;
                 let Some(block) = st.bits.as_mut().expect("loaded").reserve() else {
                     st.listed = false;
-                    arena[ci].pop();
+                    drop(st);
+                    arena.pop_run(ci, false);
                     continue;
                 };
                 drop(st);
@@ -947,7 +1081,10 @@ impl Heap {
                     offset: self.geo.chunk_offset(run.start) + u64::from(block) * c.size,
                     size: c.size,
                     core: Arc::clone(&self.core),
-                    kind: Some(ResKind::Block { run, block }),
+                    kind: Some(ResKind::Block {
+                        run: Arc::clone(run),
+                        block,
+                    }),
                 });
             }
             // No run with space in this arena: adopt a scanned run or open a new one.
@@ -972,29 +1109,28 @@ impl Heap {
                 }
                 Acquired::Fresh(s) => s,
             };
-            // A new run: its bitmap slot must be zero (free chunk).
-            let words = c.blocks.div_ceil(64) as usize;
-            let mut raw = vec![0u8; words * 8];
-            // SAFETY: a free chunk's bitmap slot is written only by the publication of a run
-            // opened there, and these chunks are ours (just taken under the chunk-allocator
-            // lock, held).
-            unsafe { pool.read(self.geo.bitmap_offset(start), &mut raw) };
-            if raw.iter().any(|&b| b != 0) {
-                ch.add_free(start, c.run_chunks);
-                return Err(Self::corrupt(start, HeapCorruption::FreeBitmap));
+            // A new run: its bitmap slot must be zero (free chunk). Read in pieces into a
+            // buffer on the stack (no heap allocation).
+            let mut left = u64::from(c.blocks.div_ceil(64)) * 8;
+            let mut off = self.geo.bitmap_offset(start);
+            let mut buf = [0u8; 512];
+            while left > 0 {
+                let n = left.min(buf.len() as u64);
+                let piece = &mut buf[..n as usize];
+                // SAFETY: a free chunk's bitmap slot is written only by the publication of a
+                // run opened there, and these chunks are ours (just taken under the
+                // chunk-allocator lock, held).
+                unsafe { pool.read(off, piece) };
+                if piece.iter().any(|&b| b != 0) {
+                    ch.add_free(start, c.run_chunks);
+                    return Err(Self::corrupt(start, HeapCorruption::FreeBitmap));
+                }
+                off += n;
+                left -= n;
             }
             // Volatile only: its header is written by the first publication of one of its
             // blocks (`on_media`).
-            let run = Arc::new(Run {
-                start,
-                class: c,
-                state: Mutex::new(RunState {
-                    bits: Some(RunBits::empty(c.blocks)),
-                    on_media: false,
-                    dead: false,
-                    listed: true,
-                }),
-            });
+            let run = arena.new_run(start, c);
             ch.objs.insert(start, Obj::Run(Arc::clone(&run)));
             drop(ch);
             arena[ci].push(run);
@@ -1006,12 +1142,7 @@ impl Heap {
         while ch.frontier <= chunk {
             self.scan_group(pool, ch)?;
         }
-        Ok(ch
-            .objs
-            .range(..=chunk)
-            .next_back()
-            .filter(|(&s, o)| s + o.len() > chunk)
-            .map(|(&s, o)| (s, o.clone())))
+        Ok(ch.objs.covering(chunk).map(|(s, o)| (s, o.clone())))
     }
 
     /// Frees the block or span starting at pool offset `offset` and, if `dest` is given, stores
@@ -1139,7 +1270,7 @@ impl Heap {
         while full && ch.frontier < self.geo.chunks {
             self.scan_group(pool, &mut ch)?;
         }
-        let objs = ch.objs.iter().map(|(&s, o)| (s, o.clone())).collect();
+        let objs = ch.objs.iter().map(|(s, o)| (s, o.clone())).collect();
         let summary = Chunks {
             frontier: ch.frontier,
             free: ch.free.clone(),

@@ -94,6 +94,24 @@ impl RunBits {
         RunBits::new(blocks, vec![0; blocks.div_ceil(64) as usize])
     }
 
+    /// Frees every block and drops every reservation (the state of [`RunBits::empty`], keeping
+    /// the vectors: for reusing a released run's state for a new run of its class).
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::RunBits;
+    ///
+    /// let mut run = RunBits::new(70, vec![1, 1]);
+    /// run.reserve();
+    /// run.clear();
+    /// assert_eq!(run, RunBits::empty(70));
+    /// ```
+    pub fn clear(&mut self) {
+        self.bits.fill(0);
+        self.reserved.fill(0);
+        self.used = 0;
+        self.nreserved = 0;
+    }
+
     /// The bitmap words (allocated blocks only, as on media).
     ///
     /// ```

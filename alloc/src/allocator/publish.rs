@@ -600,7 +600,7 @@ impl Heap {
             let ch = lock(&self.core.chunks);
             for &(start, len, offset) in &span_frees {
                 // Another thread may have freed it since the lookup.
-                if !matches!(ch.objs.get(&start), Some(Obj::Span { len: l }) if *l == len) {
+                if !matches!(ch.objs.get(start), Some(Obj::Span { len: l }) if *l == len) {
                     return Err(AllocError::InvalidFree { offset });
                 }
             }
@@ -631,7 +631,7 @@ impl Heap {
             if g.release.get() {
                 st.dead = true;
                 let ch = ch.as_mut().expect("locked for releases");
-                ch.objs.remove(&g.run.start);
+                ch.objs.remove(g.run.start);
                 ch.add_free(g.run.start, g.run.class.run_chunks);
             } else if !st.listed && !full {
                 st.listed = true;
@@ -643,7 +643,7 @@ impl Heap {
                 ch.objs.insert(start, Obj::Span { len });
             }
             for &(start, len, _) in &span_frees {
-                ch.objs.remove(&start);
+                ch.objs.remove(start);
                 ch.add_free(start, len);
             }
         }
@@ -778,7 +778,7 @@ impl Heap {
         }
         let relist = if let Some(ch) = ch.as_mut() {
             st.dead = true;
-            ch.objs.remove(&start);
+            ch.objs.remove(start);
             ch.add_free(start, run.class.run_chunks);
             false
         } else if !st.listed && !full {
