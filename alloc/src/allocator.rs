@@ -567,10 +567,21 @@ impl std::fmt::Debug for Heap {
 }
 
 /// This thread's arena index.
+#[inline]
 fn thread_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local!(static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed));
-    INDEX.with(|i| *i)
+    // A constant initialiser with a sentinel: no lazy-initialisation state to check on every
+    // call (this is read by every operation: lane and arena choice).
+    thread_local!(static INDEX: Cell<usize> = const { Cell::new(usize::MAX) });
+    INDEX.with(|i| {
+        let v = i.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+        i.set(v);
+        v
+    })
 }
 
 enum Acquired {
@@ -762,10 +773,18 @@ impl Heap {
     }
 
     /// Reads a run's bitmap if not loaded yet (caller holds the run's lock).
+    #[inline]
     fn load_bits(&self, pool: &Pool, run: &Run, st: &mut RunState) -> Result<()> {
         if st.bits.is_some() {
             return Ok(());
         }
+        self.read_bits(pool, run, st)
+    }
+
+    /// [`Heap::load_bits`] of a run not loaded yet (once per run: kept out of line).
+    #[cold]
+    #[inline(never)]
+    fn read_bits(&self, pool: &Pool, run: &Run, st: &mut RunState) -> Result<()> {
         let blocks = run.class.blocks;
         let words = blocks.div_ceil(64) as usize;
         let mut raw = vec![0u8; words * 8];

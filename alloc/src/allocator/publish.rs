@@ -254,6 +254,12 @@ impl Heap {
         ext: Option<Reservation>,
     ) -> Result<()> {
         assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
+        if reservations.is_empty() && frees.is_empty() && ext.is_none() {
+            // SAFETY: forwarded.
+            if let Some(r) = unsafe { self.publish_words_ranges(pool, lane.get(), words, ranges) } {
+                return r;
+            }
+        }
         // SAFETY: forwarded.
         unsafe {
             self.publish_inner(
@@ -664,6 +670,53 @@ impl Heap {
         Ok(())
     }
 
+    /// A publication of words and ranges only (a transaction that allocated and freed
+    /// nothing) that fits the lane, with no queued run release: the checks of
+    /// [`Heap::publish_inner`] in the same order, then the commit — in a small function of its
+    /// own, so that the commonest commit pays for none of the general path's state. `None` if
+    /// it is not that case (nothing was done: the general path takes it).
+    ///
+    /// # Safety
+    /// As [`Heap::publish`].
+    unsafe fn publish_words_ranges(
+        &self,
+        pool: &Pool,
+        lane: &mut Lane,
+        words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
+    ) -> Option<Result<()>> {
+        self.check_pool(pool);
+        if self.core.release_pending.load(Ordering::Acquire) {
+            return None; // the general path releases the queued runs first
+        }
+        let mut slots = words.len();
+        for (i, &(t, _)) in words.iter().enumerate() {
+            if let Err(e) = self.check_dest(i, t) {
+                return Some(Err(e));
+            }
+        }
+        for (i, r) in ranges.iter().enumerate() {
+            let len = r.data.len();
+            if let Err(e) = self.check_range(words.len() + i, r.target, len as u64) {
+                return Some(Err(e));
+            }
+            slots += range_slots(len);
+        }
+        // (`publication_slots_bound` of no reservation and no free.)
+        if self.log_extension_bytes(slots) != 0 {
+            return None; // needs an extension
+        }
+        let entries: SmallVec<[RedoEntry; 4]> =
+            words.iter().map(|&(t, v)| RedoEntry::new(t, v)).collect();
+        // SAFETY: the targets and ranges are the caller's (checked above); no extension; one
+        // RedoLogs per pool (the Heap's own).
+        let r = unsafe {
+            lane.log
+                .commit_ops_ext(pool, &mut lane.ctx, &entries, ranges, None)
+        };
+        Some(r.map(|_| ()))
+    }
+
     /// The publication of ONE block of a run (reserved or freed) with checked words and
     /// ranges and no extension — an `alloc`, a `free`, a transaction that allocated or freed
     /// one object — as the general path of [`Heap::publish_inner`] does it for a single
@@ -682,10 +735,13 @@ impl Heap {
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
     ) -> Option<Result<()>> {
-        // The run and block, and for a free its offset.
+        // The run and block, and for a free its offset. A reservation's run is borrowed from
+        // it (no reference count taken and dropped around the commit); a freed block's run
+        // is found under the chunk-allocator lock, so it is kept alive by a reference of ours.
+        let owned: Arc<Run>;
         let (run, block, freed) = match (&*reservations, frees) {
             ([r], []) => match r.kind.as_ref().expect("unpublished") {
-                ResKind::Block { run, block } => (Arc::clone(run), *block, None),
+                ResKind::Block { run, block } => (run, *block, None),
                 ResKind::Span { .. } => return None,
             },
             ([], &[offset]) => {
@@ -702,7 +758,8 @@ impl Heap {
                         if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
                             return Some(Err(invalid));
                         }
-                        (run, (rel / c.size) as u32, Some(offset))
+                        owned = run;
+                        (&owned, (rel / c.size) as u32, Some(offset))
                     }
                     Ok(_) => return None, // a span, or not a block: the general path
                 }
@@ -715,7 +772,7 @@ impl Heap {
             // is never released.
             return freed.map(|offset| Err(AllocError::InvalidFree { offset }));
         }
-        if let Err(e) = self.load_bits(pool, &run, &mut st) {
+        if let Err(e) = self.load_bits(pool, run, &mut st) {
             return Some(Err(e));
         }
         let bits = st.bits.as_ref().expect("loaded");
@@ -769,8 +826,8 @@ impl Heap {
         // Committed: update the volatile state.
         let bits = st.bits.as_mut().expect("loaded");
         match freed {
-            Some(_) => bits.apply_publish(&[], &[block]),
-            None => bits.apply_publish(&[block], &[]),
+            Some(_) => bits.free_block(block),
+            None => bits.publish_block(block),
         }
         let full = bits.is_full();
         if freed.is_none() {
@@ -787,13 +844,13 @@ impl Heap {
         } else {
             false
         };
-        if let Some(r) = reservations.first_mut() {
-            r.kind = None;
-        }
         drop(ch);
         drop(st);
         if relist {
-            self.core.arena()[usize::from(run.class.id)].push(run);
+            self.core.arena()[usize::from(run.class.id)].push(Arc::clone(run));
+        }
+        if let Some(r) = reservations.first_mut() {
+            r.kind = None;
         }
         Some(Ok(()))
     }
