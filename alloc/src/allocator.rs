@@ -979,8 +979,13 @@ impl Heap {
         self.check_dest(0, dest)?;
         let mut r = [self.reserve(pool, size)?];
         let off = r[0].offset();
-        // SAFETY: forwarded from the caller (`dest` is its only extra word).
-        unsafe { self.publish_inner(pool, None, &mut r, &[], &[(dest, off)], &[], &[], None) }?;
+        let words = [(dest, off)];
+        // SAFETY: forwarded from the caller (`dest` is its only extra word, checked above).
+        if let Some(done) = unsafe { self.publish_one_direct(pool, &mut r, &[], &words) } {
+            return done.map(|()| off);
+        }
+        // SAFETY: as above.
+        unsafe { self.publish_inner(pool, None, &mut r, &[], &words, &[], &[], None) }?;
         Ok(off)
     }
 
@@ -1211,7 +1216,19 @@ impl Heap {
     /// # }
     /// ```
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
+        self.check_pool(pool);
         let cleared = dest.map(|d| (d, 0));
+        if let Some(d) = dest {
+            // (`publish_inner` checks it first too, after releasing queued runs: changing
+            // nothing, so the order does not show.)
+            self.check_dest(0, d)?;
+        }
+        // SAFETY: forwarded from the caller (`dest` checked above).
+        let direct =
+            unsafe { self.publish_one_direct(pool, &mut [], &[offset], cleared.as_slice()) };
+        if let Some(done) = direct {
+            return done;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             self.publish_inner(
@@ -1254,11 +1271,8 @@ impl Heap {
     /// ```
     pub fn usable_size(&self, pool: &Pool, offset: u64) -> Result<u64> {
         self.check_pool(pool);
-        let invalid = AllocError::InvalidFree { offset };
-        let chunk = self
-            .geo
-            .chunk_of(offset)
-            .ok_or(AllocError::InvalidFree { offset })?;
+        let invalid = || AllocError::InvalidFree { offset };
+        let chunk = self.geo.chunk_of(offset).ok_or_else(invalid)?;
         let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk)?;
         match found {
             Some((s, Obj::Span { len })) if offset == self.geo.chunk_offset(s) => {
@@ -1268,7 +1282,7 @@ impl Heap {
                 let c = run.class;
                 let rel = offset - self.geo.chunk_offset(s);
                 if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-                    return Err(invalid);
+                    return Err(invalid());
                 }
                 let mut st = lock(&run.state);
                 self.load_bits(pool, &run, &mut st)?;
@@ -1277,10 +1291,10 @@ impl Heap {
                 if live {
                     Ok(c.size)
                 } else {
-                    Err(invalid)
+                    Err(invalid())
                 }
             }
-            _ => Err(invalid),
+            _ => Err(invalid()),
         }
     }
 

@@ -500,9 +500,9 @@ impl Heap {
         if !frees.is_empty() {
             let mut ch = lock(&self.core.chunks);
             for &offset in frees {
-                let invalid = AllocError::InvalidFree { offset };
+                let invalid = || AllocError::InvalidFree { offset };
                 let Some(chunk) = self.geo.chunk_of(offset) else {
-                    return Err(invalid);
+                    return Err(invalid());
                 };
                 match self.lookup(pool, &mut ch, chunk)? {
                     Some((start, Obj::Span { len })) if offset == self.geo.chunk_offset(start) => {
@@ -512,14 +512,14 @@ impl Heap {
                         let c = run.class;
                         let rel = offset - self.geo.chunk_offset(start);
                         if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-                            return Err(invalid);
+                            return Err(invalid());
                         }
                         let i = group_of(&mut groups, &run);
                         let g = &mut groups[i];
                         g.free.push((rel / c.size) as u32);
                         g.free_offsets.push(offset);
                     }
-                    _ => return Err(invalid),
+                    _ => return Err(invalid()),
                 }
             }
         }
@@ -670,6 +670,31 @@ impl Heap {
         Ok(())
     }
 
+    /// [`Heap::alloc`] and [`Heap::free`]: the publication of one block with `words` words
+    /// already checked, straight to [`Heap::publish_one_block`] (no frame of the general path)
+    /// when that is what [`Heap::publish_inner`] would do: no queued run release and no log
+    /// extension. `None` if not (nothing was done).
+    ///
+    /// # Safety
+    /// As [`Heap::publish`], with every target of `words` checked (`check_dest`).
+    pub(super) unsafe fn publish_one_direct(
+        &self,
+        pool: &Pool,
+        reservations: &mut [Reservation],
+        frees: &[u64],
+        words: &[(u64, u64)],
+    ) -> Option<Result<()>> {
+        if self.core.release_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let bound = self.publication_slots_bound(reservations.len(), frees.len(), words.len(), &[]);
+        if self.log_extension_bytes(bound) != 0 {
+            return None;
+        }
+        // SAFETY: forwarded; the words were checked by the caller.
+        unsafe { self.publish_one_block(pool, None, reservations, frees, words, &[]) }
+    }
+
     /// A publication of words and ranges only (a transaction that allocated and freed
     /// nothing) that fits the lane, with no queued run release: the checks of
     /// [`Heap::publish_inner`] in the same order, then the commit — in a small function of its
@@ -706,13 +731,18 @@ impl Heap {
         if self.log_extension_bytes(slots) != 0 {
             return None; // needs an extension
         }
-        let entries: SmallVec<[RedoEntry; 4]> =
-            words.iter().map(|&(t, v)| RedoEntry::new(t, v)).collect();
+        let mut entries: SmallVec<[RedoEntry; 4]> = SmallVec::new();
+        let entries: &[RedoEntry] = if words.is_empty() {
+            &[] // (a transaction's commit: ranges only, and no vector to build and drop)
+        } else {
+            entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
+            &entries
+        };
         // SAFETY: the targets and ranges are the caller's (checked above); no extension; one
         // RedoLogs per pool (the Heap's own).
         let r = unsafe {
             lane.log
-                .commit_ops_ext(pool, &mut lane.ctx, &entries, ranges, None)
+                .commit_ops_ext(pool, &mut lane.ctx, entries, ranges, None)
         };
         Some(r.map(|_| ()))
     }
@@ -745,9 +775,9 @@ impl Heap {
                 ResKind::Span { .. } => return None,
             },
             ([], &[offset]) => {
-                let invalid = AllocError::InvalidFree { offset };
+                let invalid = || AllocError::InvalidFree { offset };
                 let Some(chunk) = self.geo.chunk_of(offset) else {
-                    return Some(Err(invalid));
+                    return Some(Err(invalid()));
                 };
                 let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk);
                 match found {
@@ -756,7 +786,7 @@ impl Heap {
                         let c = run.class;
                         let rel = offset - self.geo.chunk_offset(start);
                         if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-                            return Some(Err(invalid));
+                            return Some(Err(invalid()));
                         }
                         owned = run;
                         (&owned, (rel / c.size) as u32, Some(offset))
