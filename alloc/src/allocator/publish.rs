@@ -254,10 +254,26 @@ impl Heap {
         ext: Option<Reservation>,
     ) -> Result<()> {
         assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
-        if reservations.is_empty() && frees.is_empty() && ext.is_none() {
-            // SAFETY: forwarded.
-            if let Some(r) = unsafe { self.publish_words_ranges(pool, lane.get(), words, ranges) } {
-                return r;
+        if ext.is_none() {
+            if reservations.is_empty() && frees.is_empty() {
+                // SAFETY: forwarded.
+                let fast = unsafe {
+                    self.publish_small::<false>(pool, lane.get(), &mut [], &[], words, ranges)
+                };
+                if let Some(r) = fast {
+                    return r;
+                }
+            } else if reservations.len() + frees.len() == 1 {
+                // SAFETY: forwarded.
+                let fast = unsafe {
+                    self.publish_small::<true>(pool, lane.get(), reservations, frees, words, ranges)
+                };
+                if let Some(r) = fast {
+                    if r.is_ok() {
+                        reservations.clear(); // published: nothing to cancel
+                    }
+                    return r;
+                }
             }
         }
         // SAFETY: forwarded.
@@ -695,18 +711,24 @@ impl Heap {
         unsafe { self.publish_one_block(pool, None, reservations, frees, words, &[]) }
     }
 
-    /// A publication of words and ranges only (a transaction that allocated and freed
-    /// nothing) that fits the lane, with no queued run release: the checks of
-    /// [`Heap::publish_inner`] in the same order, then the commit — in a small function of its
-    /// own, so that the commonest commit pays for none of the general path's state. `None` if
-    /// it is not that case (nothing was done: the general path takes it).
+    /// A transaction's publication of words and ranges with at most one reservation or free
+    /// (the commonest commits) that fits the lane, with no queued run release: the checks of
+    /// [`Heap::publish_inner`] in the same order, then the commit (of one block, through
+    /// [`Heap::publish_one_block`]) — in a small function of its own, so that these commits
+    /// pay for none of the general path's state. `None` if it is not that case (nothing was
+    /// done: the general path takes it).
+    ///
+    /// `ONE`: one reservation or free (else none), known at compile time so that the
+    /// commit of words and ranges only does not carry the other case's code.
     ///
     /// # Safety
     /// As [`Heap::publish`].
-    unsafe fn publish_words_ranges(
+    unsafe fn publish_small<const ONE: bool>(
         &self,
         pool: &Pool,
         lane: &mut Lane,
+        reservations: &mut [Reservation],
+        frees: &[u64],
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
     ) -> Option<Result<()>> {
@@ -714,7 +736,13 @@ impl Heap {
         if self.core.release_pending.load(Ordering::Acquire) {
             return None; // the general path releases the queued runs first
         }
-        let mut slots = words.len();
+        for r in reservations.iter() {
+            assert!(
+                Arc::ptr_eq(&r.core, &self.core),
+                "Reservation of another heap"
+            );
+        }
+        let mut slots = 2 * (reservations.len() + frees.len()) + words.len();
         for (i, &(t, _)) in words.iter().enumerate() {
             if let Err(e) = self.check_dest(i, t) {
                 return Some(Err(e));
@@ -727,9 +755,15 @@ impl Heap {
             }
             slots += range_slots(len);
         }
-        // (`publication_slots_bound` of no reservation and no free.)
+        // (`publication_slots_bound`.)
         if self.log_extension_bytes(slots) != 0 {
             return None; // needs an extension
+        }
+        if ONE {
+            // SAFETY: forwarded; the words and ranges were checked above.
+            return unsafe {
+                self.publish_one_block(pool, Some(lane), reservations, frees, words, ranges)
+            };
         }
         let mut entries: SmallVec<[RedoEntry; 4]> = SmallVec::new();
         let entries: &[RedoEntry] = if words.is_empty() {
@@ -756,6 +790,7 @@ impl Heap {
     ///
     /// # Safety
     /// As [`Heap::publish`].
+    #[inline(never)] // (inlined, it would weigh on the frames of its callers' other paths)
     unsafe fn publish_one_block(
         &self,
         pool: &Pool,
