@@ -896,6 +896,7 @@ impl Heap {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
