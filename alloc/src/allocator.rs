@@ -24,6 +24,9 @@ use crate::volatile::{LaneClaim, LaneSlots, RunBits};
 use crate::{AllocError, Result, TargetError};
 
 mod publish;
+mod tables;
+
+use tables::{Arena, ObjTable};
 
 /// A log extension of this size or more is a span (chunks) rather than a block of a run.
 const EXT_SPAN_MIN: u64 = 16 << 10;
@@ -73,8 +76,8 @@ struct Chunks {
     frontier: u32,
     /// Free extents `start -> len`, coalesced.
     free: BTreeMap<u32, u32>,
-    /// Runs and spans by first chunk.
-    objs: BTreeMap<u32, Obj>,
+    /// Runs and spans by first chunk, and which one covers each chunk.
+    objs: ObjTable,
     /// Runs met by the scan that no arena owns yet, per class.
     unowned: Vec<Vec<Arc<Run>>>,
     /// Chunk headers read by frontier scans.
@@ -198,7 +201,7 @@ pub struct Heap {
 struct Core {
     chunks: Mutex<Chunks>,
     /// Per arena, per class: runs to allocate from (the last one first).
-    arenas: Vec<Mutex<Vec<Vec<Arc<Run>>>>>,
+    arenas: Vec<Mutex<Arena>>,
     /// Runs on media that a cancel left empty (a free emptied them while a reservation in them
     /// was outstanding): the next publish first releases them (header := 0) in a commit of
     /// their own, unless they were used again meanwhile.
@@ -211,7 +214,7 @@ struct Core {
 
 impl Core {
     /// This thread's arena.
-    fn arena(&self) -> MutexGuard<'_, Vec<Vec<Arc<Run>>>> {
+    fn arena(&self) -> MutexGuard<'_, Arena> {
         lock(&self.arenas[thread_index() % self.arenas.len()])
     }
 
@@ -231,7 +234,7 @@ impl Core {
                     debug_assert_eq!(bits.used(), 0);
                     st.dead = true;
                     let mut ch = lock(&self.chunks);
-                    ch.objs.remove(&run.start);
+                    ch.objs.remove(run.start);
                     ch.add_free(run.start, run.class.run_chunks);
                     return;
                 }
@@ -441,10 +444,21 @@ impl std::fmt::Debug for Heap {
 }
 
 /// This thread's arena index.
+#[inline]
 fn thread_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local!(static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed));
-    INDEX.with(|i| *i)
+    // A constant initialiser with a sentinel: no lazy-initialisation state to check on every
+    // call (this is read by every operation: lane and arena choice).
+    thread_local!(static INDEX: Cell<usize> = const { Cell::new(usize::MAX) });
+    INDEX.with(|i| {
+        let v = i.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+        i.set(v);
+        v
+    })
 }
 
 enum Acquired {
@@ -497,7 +511,12 @@ impl Heap {
                     ..Chunks::default()
                 }),
                 arenas: (0..arenas)
-                    .map(|_| Mutex::new(vec![Vec::new(); classes]))
+                    .map(|_| {
+                        Mutex::new(Arena {
+                            runs: vec![Vec::new(); classes],
+                            spare: vec![Vec::new(); classes],
+                        })
+                    })
                     .collect(),
                 release_queue: Mutex::new(Vec::new()),
                 release_pending: AtomicBool::new(false),
@@ -600,6 +619,7 @@ impl Heap {
             objs.push((i, h));
             i += len;
         }
+        ch.objs.grow(i);
         for s in free {
             ch.add_free(s, 1);
         }
@@ -630,10 +650,18 @@ impl Heap {
     }
 
     /// Reads a run's bitmap if not loaded yet (caller holds the run's lock).
+    #[inline]
     fn load_bits(&self, pool: &Pool, run: &Run, st: &mut RunState) -> Result<()> {
         if st.bits.is_some() {
             return Ok(());
         }
+        self.read_bits(pool, run, st)
+    }
+
+    /// [`Heap::load_bits`] of a run not loaded yet (once per run: kept out of line).
+    #[cold]
+    #[inline(never)]
+    fn read_bits(&self, pool: &Pool, run: &Run, st: &mut RunState) -> Result<()> {
         let blocks = run.class.blocks;
         let words = blocks.div_ceil(64) as usize;
         let mut raw = vec![0u8; words * 8];
@@ -745,6 +773,7 @@ impl Heap {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
@@ -828,8 +857,13 @@ impl Heap {
         self.check_dest(0, dest)?;
         let mut r = [self.reserve(pool, size)?];
         let off = r[0].offset();
-        // SAFETY: forwarded from the caller (`dest` is its only extra word).
-        unsafe { self.publish_inner(pool, None, &mut r, &[], &[(dest, off)], &[], &[], None) }?;
+        let words = [(dest, off)];
+        // SAFETY: forwarded from the caller (`dest` is its only extra word, checked above).
+        if let Some(done) = unsafe { self.publish_one_direct(pool, &mut r, &[], &words) } {
+            return done.map(|()| off);
+        }
+        // SAFETY: as above.
+        unsafe { self.publish_inner(pool, None, &mut r, &[], &words, &[], &[], None) }?;
         Ok(off)
     }
 
@@ -929,17 +963,19 @@ impl Heap {
         let ci = usize::from(c.id);
         let mut arena = self.core.arena();
         loop {
-            if let Some(run) = arena[ci].last().cloned() {
+            if let Some(run) = arena[ci].last() {
                 let mut st = lock(&run.state);
                 if st.dead {
                     st.listed = false;
-                    arena[ci].pop();
+                    drop(st);
+                    arena.pop_run(ci, true);
                     continue;
                 }
-                self.load_bits(pool, &run, &mut st)?;
+                self.load_bits(pool, run, &mut st)?;
                 let Some(block) = st.bits.as_mut().expect("loaded").reserve() else {
                     st.listed = false;
-                    arena[ci].pop();
+                    drop(st);
+                    arena.pop_run(ci, false);
                     continue;
                 };
                 drop(st);
@@ -947,7 +983,10 @@ impl Heap {
                     offset: self.geo.chunk_offset(run.start) + u64::from(block) * c.size,
                     size: c.size,
                     core: Arc::clone(&self.core),
-                    kind: Some(ResKind::Block { run, block }),
+                    kind: Some(ResKind::Block {
+                        run: Arc::clone(run),
+                        block,
+                    }),
                 });
             }
             // No run with space in this arena: adopt a scanned run or open a new one.
@@ -972,29 +1011,28 @@ impl Heap {
                 }
                 Acquired::Fresh(s) => s,
             };
-            // A new run: its bitmap slot must be zero (free chunk).
-            let words = c.blocks.div_ceil(64) as usize;
-            let mut raw = vec![0u8; words * 8];
-            // SAFETY: a free chunk's bitmap slot is written only by the publication of a run
-            // opened there, and these chunks are ours (just taken under the chunk-allocator
-            // lock, held).
-            unsafe { pool.read(self.geo.bitmap_offset(start), &mut raw) };
-            if raw.iter().any(|&b| b != 0) {
-                ch.add_free(start, c.run_chunks);
-                return Err(Self::corrupt(start, HeapCorruption::FreeBitmap));
+            // A new run: its bitmap slot must be zero (free chunk). Read in pieces into a
+            // buffer on the stack (no heap allocation).
+            let mut left = u64::from(c.blocks.div_ceil(64)) * 8;
+            let mut off = self.geo.bitmap_offset(start);
+            let mut buf = [0u8; 512];
+            while left > 0 {
+                let n = left.min(buf.len() as u64);
+                let piece = &mut buf[..n as usize];
+                // SAFETY: a free chunk's bitmap slot is written only by the publication of a
+                // run opened there, and these chunks are ours (just taken under the
+                // chunk-allocator lock, held).
+                unsafe { pool.read(off, piece) };
+                if piece.iter().any(|&b| b != 0) {
+                    ch.add_free(start, c.run_chunks);
+                    return Err(Self::corrupt(start, HeapCorruption::FreeBitmap));
+                }
+                off += n;
+                left -= n;
             }
             // Volatile only: its header is written by the first publication of one of its
             // blocks (`on_media`).
-            let run = Arc::new(Run {
-                start,
-                class: c,
-                state: Mutex::new(RunState {
-                    bits: Some(RunBits::empty(c.blocks)),
-                    on_media: false,
-                    dead: false,
-                    listed: true,
-                }),
-            });
+            let run = arena.new_run(start, c);
             ch.objs.insert(start, Obj::Run(Arc::clone(&run)));
             drop(ch);
             arena[ci].push(run);
@@ -1006,12 +1044,7 @@ impl Heap {
         while ch.frontier <= chunk {
             self.scan_group(pool, ch)?;
         }
-        Ok(ch
-            .objs
-            .range(..=chunk)
-            .next_back()
-            .filter(|(&s, o)| s + o.len() > chunk)
-            .map(|(&s, o)| (s, o.clone())))
+        Ok(ch.objs.covering(chunk).map(|(s, o)| (s, o.clone())))
     }
 
     /// Frees the block or span starting at pool offset `offset` and, if `dest` is given, stores
@@ -1061,7 +1094,19 @@ impl Heap {
     /// # }
     /// ```
     pub unsafe fn free(&self, pool: &Pool, offset: u64, dest: Option<u64>) -> Result<()> {
+        self.check_pool(pool);
         let cleared = dest.map(|d| (d, 0));
+        if let Some(d) = dest {
+            // (`publish_inner` checks it first too, after releasing queued runs: changing
+            // nothing, so the order does not show.)
+            self.check_dest(0, d)?;
+        }
+        // SAFETY: forwarded from the caller (`dest` checked above).
+        let direct =
+            unsafe { self.publish_one_direct(pool, &mut [], &[offset], cleared.as_slice()) };
+        if let Some(done) = direct {
+            return done;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             self.publish_inner(
@@ -1104,11 +1149,8 @@ impl Heap {
     /// ```
     pub fn usable_size(&self, pool: &Pool, offset: u64) -> Result<u64> {
         self.check_pool(pool);
-        let invalid = AllocError::InvalidFree { offset };
-        let chunk = self
-            .geo
-            .chunk_of(offset)
-            .ok_or(AllocError::InvalidFree { offset })?;
+        let invalid = || AllocError::InvalidFree { offset };
+        let chunk = self.geo.chunk_of(offset).ok_or_else(invalid)?;
         let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk)?;
         match found {
             Some((s, Obj::Span { len })) if offset == self.geo.chunk_offset(s) => {
@@ -1118,7 +1160,7 @@ impl Heap {
                 let c = run.class;
                 let rel = offset - self.geo.chunk_offset(s);
                 if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-                    return Err(invalid);
+                    return Err(invalid());
                 }
                 let mut st = lock(&run.state);
                 self.load_bits(pool, &run, &mut st)?;
@@ -1127,10 +1169,10 @@ impl Heap {
                 if live {
                     Ok(c.size)
                 } else {
-                    Err(invalid)
+                    Err(invalid())
                 }
             }
-            _ => Err(invalid),
+            _ => Err(invalid()),
         }
     }
 
@@ -1139,7 +1181,7 @@ impl Heap {
         while full && ch.frontier < self.geo.chunks {
             self.scan_group(pool, &mut ch)?;
         }
-        let objs = ch.objs.iter().map(|(&s, o)| (s, o.clone())).collect();
+        let objs = ch.objs.iter().map(|(s, o)| (s, o.clone())).collect();
         let summary = Chunks {
             frontier: ch.frontier,
             free: ch.free.clone(),

@@ -94,6 +94,24 @@ impl RunBits {
         RunBits::new(blocks, vec![0; blocks.div_ceil(64) as usize])
     }
 
+    /// Frees every block and drops every reservation (the state of [`RunBits::empty`], keeping
+    /// the vectors: for reusing a released run's state for a new run of its class).
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::RunBits;
+    ///
+    /// let mut run = RunBits::new(70, vec![1, 1]);
+    /// run.reserve();
+    /// run.clear();
+    /// assert_eq!(run, RunBits::empty(70));
+    /// ```
+    pub fn clear(&mut self) {
+        self.bits.fill(0);
+        self.reserved.fill(0);
+        self.used = 0;
+        self.nreserved = 0;
+    }
+
     /// The bitmap words (allocated blocks only, as on media).
     ///
     /// ```
@@ -275,6 +293,53 @@ impl RunBits {
             words.sort_unstable_by_key(|&(w, _)| w);
         }
         words
+    }
+
+    /// [`RunBits::apply_publish`] of the one reserved block `b` (`&[b], &[]`), without the
+    /// slices.
+    ///
+    /// # Panics
+    /// If `b` is not reserved.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::RunBits;
+    ///
+    /// let mut run = RunBits::empty(8);
+    /// let b = run.reserve().unwrap();
+    /// run.publish_block(b);
+    /// assert!(run.is_allocated(b) && !run.is_reserved(b));
+    /// assert_eq!((run.used(), run.reserved()), (1, 0));
+    /// ```
+    pub fn publish_block(&mut self, b: u32) {
+        assert!(self.is_reserved(b), "block {b} is not reserved");
+        let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+        self.bits[w] |= bit;
+        self.reserved[w] &= !bit;
+        self.nreserved -= 1;
+        self.used += 1;
+    }
+
+    /// [`RunBits::apply_publish`] of the one allocated block `b` freed (`&[], &[b]`).
+    ///
+    /// # Panics
+    /// If `b` is not allocated.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pmstore_alloc::volatile::RunBits;
+    ///
+    /// let mut run = RunBits::new(8, vec![0b100]);
+    /// run.free_block(2);
+    /// assert_eq!(run.words(), [0]);
+    /// assert_eq!(run.used(), 0);
+    /// ```
+    pub fn free_block(&mut self, b: u32) {
+        assert!(self.is_allocated(b), "block {b} is not allocated");
+        self.bits[(b / 64) as usize] &= !(1 << (b % 64));
+        self.used -= 1;
     }
 
     /// Applies a publication (after its commit): the reserved blocks `publish` become

@@ -462,3 +462,78 @@ fn corrupt_metadata_is_reported_not_trusted() {
         unsafe { pool.write(0, &snapshot) };
     }
 }
+
+/// A run emptied by a free is released; the next allocation of its class opens a new run,
+/// reusing the released run's volatile state (a spare). The reused state must be as new: its
+/// blocks free, its header written again by its first publication, and lookups through the
+/// chunk-indexed object table must see the new run, not the old one.
+#[test]
+fn released_runs_reused_for_new_runs_behave_as_new() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let (d0, d1) = (root(&pool, 0), root(&pool, 1));
+    for round in 0..50u64 {
+        // 64 bytes, then freed: its run is released each time.
+        let a = alloc(&heap, &pool, 64, d0).unwrap();
+        assert_eq!(heap.usable_size(&pool, a).unwrap(), 64);
+        free(&heap, &pool, a, Some(d0)).unwrap();
+        assert!(matches!(
+            heap.usable_size(&pool, a),
+            Err(AllocError::InvalidFree { .. })
+        ));
+        assert!(matches!(
+            free(&heap, &pool, a, None),
+            Err(AllocError::InvalidFree { .. } | AllocError::DoubleFree { .. })
+        ));
+        // Another class in between, sometimes on the chunks the released run had.
+        let b = alloc(&heap, &pool, 1000 + round % 24, d1).unwrap();
+        assert_eq!(heap.usable_size(&pool, b).unwrap(), 1024);
+        let s = heap.stats(&pool).unwrap();
+        assert_eq!(s.bytes_allocated, 1024);
+        free(&heap, &pool, b, Some(d1)).unwrap();
+        assert_eq!(heap.stats(&pool).unwrap().bytes_allocated, 0);
+        // Two blocks of a reused run: the lowest free ones, distinct.
+        let x = alloc(&heap, &pool, 64, d0).unwrap();
+        let y = alloc(&heap, &pool, 64, d1).unwrap();
+        assert_eq!(y, x + 64);
+        assert_eq!(allocated(&heap, &pool), BTreeMap::from([(x, 64), (y, 64)]));
+        free(&heap, &pool, x, Some(d0)).unwrap();
+        free(&heap, &pool, y, Some(d1)).unwrap();
+    }
+    let s = heap.stats(&pool).unwrap();
+    assert_eq!((s.bytes_allocated, s.free_chunks), (0, s.chunks_scanned));
+    // And on media: a reopen finds nothing allocated.
+    drop(heap);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    assert!(allocated(&heap, &pool).is_empty());
+}
+
+/// The object table answers for every chunk of a span: its start is the span, any other
+/// offset in it is not a block.
+#[test]
+fn offsets_inside_spans_are_not_blocks() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let d = root(&pool, 0);
+    let s = alloc(&heap, &pool, 3 * CHUNK, d).unwrap();
+    assert_eq!(heap.usable_size(&pool, s).unwrap(), 3 * CHUNK);
+    for off in [s + 64, s + CHUNK, s + 2 * CHUNK + 4096] {
+        assert!(matches!(
+            heap.usable_size(&pool, off),
+            Err(AllocError::InvalidFree { .. })
+        ));
+        assert!(matches!(
+            free(&heap, &pool, off, None),
+            Err(AllocError::InvalidFree { .. })
+        ));
+    }
+    free(&heap, &pool, s, Some(d)).unwrap();
+    for off in [s, s + CHUNK] {
+        assert!(matches!(
+            heap.usable_size(&pool, off),
+            Err(AllocError::InvalidFree { .. })
+        ));
+    }
+}

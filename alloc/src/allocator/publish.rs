@@ -254,6 +254,28 @@ impl Heap {
         ext: Option<Reservation>,
     ) -> Result<()> {
         assert!(std::ptr::eq(lane.heap, self), "LaneGuard of another heap");
+        if ext.is_none() {
+            if reservations.is_empty() && frees.is_empty() {
+                // SAFETY: forwarded.
+                let fast = unsafe {
+                    self.publish_small::<false>(pool, lane.get(), &mut [], &[], words, ranges)
+                };
+                if let Some(r) = fast {
+                    return r;
+                }
+            } else if reservations.len() + frees.len() == 1 {
+                // SAFETY: forwarded.
+                let fast = unsafe {
+                    self.publish_small::<true>(pool, lane.get(), reservations, frees, words, ranges)
+                };
+                if let Some(r) = fast {
+                    if r.is_ok() {
+                        reservations.clear(); // published: nothing to cancel
+                    }
+                    return r;
+                }
+            }
+        }
         // SAFETY: forwarded.
         unsafe {
             self.publish_inner(
@@ -494,9 +516,9 @@ impl Heap {
         if !frees.is_empty() {
             let mut ch = lock(&self.core.chunks);
             for &offset in frees {
-                let invalid = AllocError::InvalidFree { offset };
+                let invalid = || AllocError::InvalidFree { offset };
                 let Some(chunk) = self.geo.chunk_of(offset) else {
-                    return Err(invalid);
+                    return Err(invalid());
                 };
                 match self.lookup(pool, &mut ch, chunk)? {
                     Some((start, Obj::Span { len })) if offset == self.geo.chunk_offset(start) => {
@@ -506,14 +528,14 @@ impl Heap {
                         let c = run.class;
                         let rel = offset - self.geo.chunk_offset(start);
                         if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-                            return Err(invalid);
+                            return Err(invalid());
                         }
                         let i = group_of(&mut groups, &run);
                         let g = &mut groups[i];
                         g.free.push((rel / c.size) as u32);
                         g.free_offsets.push(offset);
                     }
-                    _ => return Err(invalid),
+                    _ => return Err(invalid()),
                 }
             }
         }
@@ -600,7 +622,7 @@ impl Heap {
             let ch = lock(&self.core.chunks);
             for &(start, len, offset) in &span_frees {
                 // Another thread may have freed it since the lookup.
-                if !matches!(ch.objs.get(&start), Some(Obj::Span { len: l }) if *l == len) {
+                if !matches!(ch.objs.get(start), Some(Obj::Span { len: l }) if *l == len) {
                     return Err(AllocError::InvalidFree { offset });
                 }
             }
@@ -631,7 +653,7 @@ impl Heap {
             if g.release.get() {
                 st.dead = true;
                 let ch = ch.as_mut().expect("locked for releases");
-                ch.objs.remove(&g.run.start);
+                ch.objs.remove(g.run.start);
                 ch.add_free(g.run.start, g.run.class.run_chunks);
             } else if !st.listed && !full {
                 st.listed = true;
@@ -643,7 +665,7 @@ impl Heap {
                 ch.objs.insert(start, Obj::Span { len });
             }
             for &(start, len, _) in &span_frees {
-                ch.objs.remove(&start);
+                ch.objs.remove(start);
                 ch.add_free(start, len);
             }
         }
@@ -664,6 +686,101 @@ impl Heap {
         Ok(())
     }
 
+    /// [`Heap::alloc`] and [`Heap::free`]: the publication of one block with `words` words
+    /// already checked, straight to [`Heap::publish_one_block`] (no frame of the general path)
+    /// when that is what [`Heap::publish_inner`] would do: no queued run release and no log
+    /// extension. `None` if not (nothing was done).
+    ///
+    /// # Safety
+    /// As [`Heap::publish`], with every target of `words` checked (`check_dest`).
+    pub(super) unsafe fn publish_one_direct(
+        &self,
+        pool: &Pool,
+        reservations: &mut [Reservation],
+        frees: &[u64],
+        words: &[(u64, u64)],
+    ) -> Option<Result<()>> {
+        if self.core.release_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let bound = self.publication_slots_bound(reservations.len(), frees.len(), words.len(), &[]);
+        if self.log_extension_bytes(bound) != 0 {
+            return None;
+        }
+        // SAFETY: forwarded; the words were checked by the caller.
+        unsafe { self.publish_one_block(pool, None, reservations, frees, words, &[]) }
+    }
+
+    /// A transaction's publication of words and ranges with at most one reservation or free
+    /// (the commonest commits) that fits the lane, with no queued run release: the checks of
+    /// [`Heap::publish_inner`] in the same order, then the commit (of one block, through
+    /// [`Heap::publish_one_block`]) — in a small function of its own, so that these commits
+    /// pay for none of the general path's state. `None` if it is not that case (nothing was
+    /// done: the general path takes it).
+    ///
+    /// `ONE`: one reservation or free (else none), known at compile time so that the
+    /// commit of words and ranges only does not carry the other case's code.
+    ///
+    /// # Safety
+    /// As [`Heap::publish`].
+    unsafe fn publish_small<const ONE: bool>(
+        &self,
+        pool: &Pool,
+        lane: &mut Lane,
+        reservations: &mut [Reservation],
+        frees: &[u64],
+        words: &[(u64, u64)],
+        ranges: &[RedoRange<'_>],
+    ) -> Option<Result<()>> {
+        self.check_pool(pool);
+        if self.core.release_pending.load(Ordering::Acquire) {
+            return None; // the general path releases the queued runs first
+        }
+        for r in reservations.iter() {
+            assert!(
+                Arc::ptr_eq(&r.core, &self.core),
+                "Reservation of another heap"
+            );
+        }
+        let mut slots = 2 * (reservations.len() + frees.len()) + words.len();
+        for (i, &(t, _)) in words.iter().enumerate() {
+            if let Err(e) = self.check_dest(i, t) {
+                return Some(Err(e));
+            }
+        }
+        for (i, r) in ranges.iter().enumerate() {
+            let len = r.data.len();
+            if let Err(e) = self.check_range(words.len() + i, r.target, len as u64) {
+                return Some(Err(e));
+            }
+            slots += range_slots(len);
+        }
+        // (`publication_slots_bound`.)
+        if self.log_extension_bytes(slots) != 0 {
+            return None; // needs an extension
+        }
+        if ONE {
+            // SAFETY: forwarded; the words and ranges were checked above.
+            return unsafe {
+                self.publish_one_block(pool, Some(lane), reservations, frees, words, ranges)
+            };
+        }
+        let mut entries: SmallVec<[RedoEntry; 4]> = SmallVec::new();
+        let entries: &[RedoEntry] = if words.is_empty() {
+            &[] // (a transaction's commit: ranges only, and no vector to build and drop)
+        } else {
+            entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
+            &entries
+        };
+        // SAFETY: the targets and ranges are the caller's (checked above); no extension; one
+        // RedoLogs per pool (the Heap's own).
+        let r = unsafe {
+            lane.log
+                .commit_ops_ext(pool, &mut lane.ctx, entries, ranges, None)
+        };
+        Some(r.map(|_| ()))
+    }
+
     /// The publication of ONE block of a run (reserved or freed) with checked words and
     /// ranges and no extension — an `alloc`, a `free`, a transaction that allocated or freed
     /// one object — as the general path of [`Heap::publish_inner`] does it for a single
@@ -673,6 +790,7 @@ impl Heap {
     ///
     /// # Safety
     /// As [`Heap::publish`].
+    #[inline(never)] // (inlined, it would weigh on the frames of its callers' other paths)
     unsafe fn publish_one_block(
         &self,
         pool: &Pool,
@@ -682,16 +800,19 @@ impl Heap {
         words: &[(u64, u64)],
         ranges: &[RedoRange<'_>],
     ) -> Option<Result<()>> {
-        // The run and block, and for a free its offset.
+        // The run and block, and for a free its offset. A reservation's run is borrowed from
+        // it (no reference count taken and dropped around the commit); a freed block's run
+        // is found under the chunk-allocator lock, so it is kept alive by a reference of ours.
+        let owned: Arc<Run>;
         let (run, block, freed) = match (&*reservations, frees) {
             ([r], []) => match r.kind.as_ref().expect("unpublished") {
-                ResKind::Block { run, block } => (Arc::clone(run), *block, None),
+                ResKind::Block { run, block } => (run, *block, None),
                 ResKind::Span { .. } => return None,
             },
             ([], &[offset]) => {
-                let invalid = AllocError::InvalidFree { offset };
+                let invalid = || AllocError::InvalidFree { offset };
                 let Some(chunk) = self.geo.chunk_of(offset) else {
-                    return Some(Err(invalid));
+                    return Some(Err(invalid()));
                 };
                 let found = self.lookup(pool, &mut lock(&self.core.chunks), chunk);
                 match found {
@@ -700,9 +821,10 @@ impl Heap {
                         let c = run.class;
                         let rel = offset - self.geo.chunk_offset(start);
                         if rel % c.size != 0 || rel / c.size >= u64::from(c.blocks) {
-                            return Some(Err(invalid));
+                            return Some(Err(invalid()));
                         }
-                        (run, (rel / c.size) as u32, Some(offset))
+                        owned = run;
+                        (&owned, (rel / c.size) as u32, Some(offset))
                     }
                     Ok(_) => return None, // a span, or not a block: the general path
                 }
@@ -715,7 +837,7 @@ impl Heap {
             // is never released.
             return freed.map(|offset| Err(AllocError::InvalidFree { offset }));
         }
-        if let Err(e) = self.load_bits(pool, &run, &mut st) {
+        if let Err(e) = self.load_bits(pool, run, &mut st) {
             return Some(Err(e));
         }
         let bits = st.bits.as_ref().expect("loaded");
@@ -769,8 +891,8 @@ impl Heap {
         // Committed: update the volatile state.
         let bits = st.bits.as_mut().expect("loaded");
         match freed {
-            Some(_) => bits.apply_publish(&[], &[block]),
-            None => bits.apply_publish(&[block], &[]),
+            Some(_) => bits.free_block(block),
+            None => bits.publish_block(block),
         }
         let full = bits.is_full();
         if freed.is_none() {
@@ -778,7 +900,7 @@ impl Heap {
         }
         let relist = if let Some(ch) = ch.as_mut() {
             st.dead = true;
-            ch.objs.remove(&start);
+            ch.objs.remove(start);
             ch.add_free(start, run.class.run_chunks);
             false
         } else if !st.listed && !full {
@@ -787,13 +909,13 @@ impl Heap {
         } else {
             false
         };
-        if let Some(r) = reservations.first_mut() {
-            r.kind = None;
-        }
         drop(ch);
         drop(st);
         if relist {
-            self.core.arena()[usize::from(run.class.id)].push(run);
+            self.core.arena()[usize::from(run.class.id)].push(Arc::clone(run));
+        }
+        if let Some(r) = reservations.first_mut() {
+            r.kind = None;
         }
         Some(Ok(()))
     }
