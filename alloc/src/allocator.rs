@@ -704,7 +704,7 @@ impl Heap {
             return unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }
                 .map(|_| ());
         }
-        let mut claim = self.lanes.claim_near(thread_index());
+        let mut claim = self.lanes.claim_near(self.lane_hint());
         let l = &mut *claim;
         // SAFETY: as above.
         unsafe { l.log.commit_ops_ext(pool, &mut l.ctx, entries, ranges, ext) }.map(|_| ())
@@ -753,6 +753,17 @@ impl Heap {
         Ok(())
     }
 
+    /// The lane this thread tries first: the last lanes first (thread 0 the last one). The
+    /// lane area lies right before the root and the heap, so the last lanes' logs are the ones
+    /// nearest the data they describe: in msync mode a small transaction's log page and data
+    /// pages then fall in one run of pages less than 1 MiB apart, one `msync` instead of two
+    /// (with 1024 lanes of 16 KiB, lane 0 is 16 MiB away from the root).
+    #[inline]
+    fn lane_hint(&self) -> usize {
+        let n = self.lanes.len();
+        n - 1 - thread_index() % n
+    }
+
     /// Takes a lane from the heap's pool for the duration of a transaction (waiting, yielding,
     /// while all are taken); it returns to the pool when the guard is dropped. Operations
     /// without a guard ([`Heap::alloc`], [`Heap::free`], [`Heap::publish`]) take one for
@@ -777,7 +788,7 @@ impl Heap {
     pub fn lane(&self) -> LaneGuard<'_> {
         LaneGuard {
             heap: self,
-            lane: self.lanes.claim_near(thread_index()),
+            lane: self.lanes.claim_near(self.lane_hint()),
         }
     }
 
@@ -798,7 +809,7 @@ impl Heap {
     pub fn try_lane(&self) -> Option<LaneGuard<'_>> {
         Some(LaneGuard {
             heap: self,
-            lane: self.lanes.try_claim_near(thread_index())?,
+            lane: self.lanes.try_claim_near(self.lane_hint())?,
         })
     }
 
