@@ -548,15 +548,7 @@ impl<'p> Tx<'p> {
         let i = match self.containing(ls, le) {
             Some(i) => i,
             None => {
-                let table = self.pool.lock_table();
-                if self
-                    .locks
-                    .get_mut()
-                    .lock_exclusive(table, off, len)
-                    .is_err()
-                {
-                    return Err(self.conflict());
-                }
+                self.lock_for_write(off, len)?;
                 // Stripes are 256-byte aligned, so the stripes of `[off, off + len)` cover its
                 // whole lines: every line of the new shadow is under an exclusive lock of ours
                 // (the lines of the shadows it absorbs were locked when they were made).
@@ -571,25 +563,8 @@ impl<'p> Tx<'p> {
                     .map_or(le, |j| self.shadows[j].end().max(le));
                 let first = self.lines.len();
                 let n = ((end - start) / CACHE_LINE) as usize;
-                // SAFETY: [start, end) lies in the pool (whole lines around checked bytes), and
-                // every byte of it is covered by stripes this transaction holds exclusively
-                // (above), so no other thread writes them; the slice is only used for the copy.
-                let src = unsafe { raw::pool_bytes(self.pool.raw(), start, end - start) };
-                match bytemuck::try_cast_slice::<u8, Line>(src) {
-                    // (Line by line: fewer instructions than `extend_from_slice` for a few.)
-                    Ok(src) if src.len() <= INLINE_LINES => {
-                        self.lines.reserve(src.len());
-                        for line in src {
-                            self.lines.push(*line);
-                        }
-                    }
-                    Ok(src) => self.lines.extend_from_slice(src),
-                    // (The mapping is page-aligned, so this is not expected.)
-                    Err(_) => {
-                        self.lines.resize(first + n, Line::zeroed());
-                        bytemuck::cast_slice_mut(&mut self.lines[first..]).copy_from_slice(src);
-                    }
-                }
+                // Every line of [start, end) is under an exclusive lock of ours (above).
+                self.push_pool_lines(start, end);
                 // The shadows it absorbs hold this transaction's pending versions of their lines.
                 for j in r.clone() {
                     let old = self.shadows[j];
@@ -622,37 +597,11 @@ impl<'p> Tx<'p> {
     #[inline]
     fn first_shadow(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         let (ls, le) = line_bounds(off, len);
-        let table = self.pool.lock_table();
-        if self
-            .locks
-            .get_mut()
-            .lock_exclusive(table, off, len)
-            .is_err()
-        {
-            return Err(self.conflict());
-        }
+        self.lock_for_write(off, len)?;
         // (No shadow, so no line in use: the arena is empty, as it starts.)
         debug_assert!(self.lines.is_empty());
         self.lines.clear();
-        // SAFETY: [ls, le) lies in the pool (whole lines around checked bytes), and every byte
-        // of it is covered by stripes this transaction now holds exclusively (stripes are
-        // 256-byte aligned, so they cover whole lines): no other thread writes them; the slice
-        // is only used for the copy.
-        let src = unsafe { raw::pool_bytes(self.pool.raw(), ls, le - ls) };
-        match bytemuck::try_cast_slice::<u8, Line>(src) {
-            Ok(src) if src.len() <= INLINE_LINES => {
-                for line in src {
-                    self.lines.push(*line);
-                }
-            }
-            Ok(src) => self.lines.extend_from_slice(src),
-            // (The mapping is page-aligned, so this is not expected.)
-            Err(_) => {
-                self.lines
-                    .resize(((le - ls) / CACHE_LINE) as usize, Line::zeroed());
-                bytemuck::cast_slice_mut(&mut self.lines[..]).copy_from_slice(src);
-            }
-        }
+        self.push_pool_lines(ls, le);
         let n = self.lines.len();
         self.shadows.push(Shadow {
             start: ls,
@@ -662,6 +611,47 @@ impl<'p> Tx<'p> {
         let at = (off - ls) as usize;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[..]);
         Ok(&mut bytes[at..at + len as usize])
+    }
+
+    /// Takes exclusive locks on the stripes of `[off, off + len)` (stripes are 256-byte
+    /// aligned, so they cover the bytes' whole lines), or marks the transaction conflicted.
+    #[inline(always)]
+    fn lock_for_write(&mut self, off: u64, len: u64) -> Result<()> {
+        let table = self.pool.lock_table();
+        if self
+            .locks
+            .get_mut()
+            .lock_exclusive(table, off, len)
+            .is_err()
+        {
+            return Err(self.conflict());
+        }
+        Ok(())
+    }
+
+    /// Appends the pool's lines `[start, end)` (whole lines, inside the pool, each under an
+    /// exclusive lock of this transaction: [`Tx::lock_for_write`]) to the line arena.
+    #[inline(always)]
+    fn push_pool_lines(&mut self, start: u64, end: u64) {
+        // SAFETY: [start, end) lies in the pool (whole lines around checked bytes), and every
+        // byte of it is covered by stripes this transaction holds exclusively (the caller's
+        // contract above), so no other thread writes them; the slice is only used for the copy.
+        let src = unsafe { raw::pool_bytes(self.pool.raw(), start, end - start) };
+        match bytemuck::try_cast_slice::<u8, Line>(src) {
+            // (Line by line: fewer instructions than `extend_from_slice` for a few.)
+            Ok(src) if src.len() <= INLINE_LINES => {
+                for line in src {
+                    self.lines.push(*line);
+                }
+            }
+            Ok(src) => self.lines.extend_from_slice(src),
+            // (The mapping is page-aligned, so this is not expected.)
+            Err(_) => {
+                let first = self.lines.len();
+                self.lines.resize(first + src.len() / 64, Line::zeroed());
+                bytemuck::cast_slice_mut(&mut self.lines[first..]).copy_from_slice(src);
+            }
+        }
     }
 
     /// Compacts the line arena once the lines of absorbed shadows outnumber the lines in use
