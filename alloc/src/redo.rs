@@ -2055,7 +2055,7 @@ impl RedoLogs {
             shared: Arc::clone(&self.shared),
             lane,
             offset,
-            scratch: Box::default(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -2351,9 +2351,8 @@ pub struct LaneLog {
     shared: Arc<Shared>,
     lane: u32,
     offset: u64,
-    /// Boxed: a `LaneLog` is moved in and out of the allocator's lane pool on every commit,
-    /// and a small move is a few register copies where five vectors were a `memcpy`.
-    scratch: Box<Scratch>,
+    /// Scratch vectors reused by every commit of the lane.
+    scratch: Scratch,
 }
 
 /// A lane's scratch vectors, kept between commits so that a commit allocates nothing.

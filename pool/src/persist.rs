@@ -377,9 +377,8 @@ pub struct FlushContext {
     /// Whether anything was flushed since the last drain.
     pub(crate) pending: bool,
     pub(crate) counters: SharedBlock,
-    /// The block's counts when this context got it. Boxed (read only by
-    /// [`FlushContext::counters`]): contexts live in lanes that move on every commit.
-    base: Box<PersistCounters>,
+    /// The block's counts when this context got it.
+    base: PersistCounters,
 }
 
 impl std::fmt::Debug for FlushContext {
@@ -395,7 +394,7 @@ impl std::fmt::Debug for FlushContext {
 impl FlushContext {
     pub(crate) fn new(pool_id: u64, registry: &CounterRegistry) -> FlushContext {
         let counters = registry.acquire();
-        let base = Box::new(counters.read());
+        let base = counters.read();
         FlushContext {
             pool_id,
             dirty: DirtyPages::default(),
@@ -421,7 +420,7 @@ impl FlushContext {
     /// # }
     /// ```
     pub fn counters(&self) -> PersistCounters {
-        self.counters.read() - *self.base
+        self.counters.read() - self.base
     }
 
     /// Whether ranges were flushed (or pages recorded) since the last drain.

@@ -614,7 +614,8 @@ impl<'p> Tx<'p> {
     }
 
     /// Takes exclusive locks on the stripes of `[off, off + len)` (stripes are 256-byte
-    /// aligned, so they cover the bytes' whole lines), or marks the transaction conflicted.
+    /// aligned, so they cover the bytes' whole lines), or marks the transaction conflicted
+    /// (its closure runs again).
     #[inline(always)]
     fn lock_for_write(&mut self, off: u64, len: u64) -> Result<()> {
         let table = self.pool.lock_table();
@@ -890,15 +891,7 @@ impl<'p> Tx<'p> {
             return Err(TxError::DoubleFree { offset: off });
         }
         let size = self.pool.heap().usable_size(self.pool.raw(), off)?;
-        let table = self.pool.lock_table();
-        if self
-            .locks
-            .get_mut()
-            .lock_exclusive(table, off, size)
-            .is_err()
-        {
-            return Err(self.conflict());
-        }
+        self.lock_for_write(off, size)?;
         self.frees.push(off);
         self.free_sizes.push(size);
         Ok(())
@@ -1019,6 +1012,8 @@ impl<'p> Tx<'p> {
             None
         } else {
             let r = heap.reserve_log_extension(raw, ext_bytes)?;
+            // (Not `lock_for_write`: the ranges borrow the line arena, so only the lock set
+            // may be borrowed mutably here.)
             let table = pool.lock_table();
             if self
                 .locks
