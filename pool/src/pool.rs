@@ -1075,7 +1075,8 @@ impl Pool {
     /// [`drain`](Pool::drain) of `ctx`: in the cache-flush modes with a non-temporal store
     /// each (`movnti`: no flush needed, and the drain after it is much cheaper than after
     /// `clwb`, `docs/REDO.md` §8), elsewhere with an ordinary store and a flush. Counts each
-    /// distinct cache line once as flushed. Returns the number of distinct lines.
+    /// distinct cache line once as flushed. Returns the number of distinct lines. (Meant for a
+    /// few words: finding the distinct lines compares every pair.)
     ///
     /// # Safety
     /// No other thread reads or writes any of the words meanwhile, and no reference to one is
