@@ -12,11 +12,15 @@
 //!
 //! # Layout in the pool
 //!
-//! * The **root object** ([`Root`], 16.6 KiB, one allocation) holds, each in its own 256-byte
+//! * The **root object** ([`Root`], 18.25 KiB, one allocation) holds, each in its own 256-byte
 //!   lock stripe:
-//!   * the head ([`Head`]): magic, version, the current table `cur` and, while a resize is in
-//!     progress, the previous one `old`. Read by every operation, written only when a resize
-//!     starts or ends;
+//!   * [`HEAD_COPIES`] identical copies of the head ([`Head`]): magic, version, the current
+//!     table `cur` and, while a resize is in progress, the previous one `old`. Read by every
+//!     operation, written (every copy, in one transaction) only when a resize starts or ends.
+//!     Each thread reads one copy (assigned round-robin), so that the shared locks of gets on
+//!     different threads are on different stripes: with one head, every get of every thread
+//!     took a shared lock on the same lock word, and two threads' gets did not scale (the
+//!     word's cache line moved between their cores twice per get);
 //!   * the migration cursor (slots of `old` already migrated), used only by migration steps;
 //!   * 64 **striped length counters**: counter `i` counts the entries whose hash has `i` in its
 //!     top 6 bits. Two concurrent inserts conflict on a counter with probability 1/64 instead of
@@ -87,7 +91,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::mem::{offset_of, size_of};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use pmstore::alloc::AllocError;
 use pmstore::bytemuck::{self, Pod, Zeroable};
@@ -105,6 +109,10 @@ pub const MAX_VALUE: usize = 1 << 20;
 pub const DEFAULT_INITIAL_SLOTS: u64 = 1024;
 /// Number of striped length counters.
 pub const COUNTERS: usize = 64;
+/// Copies of the head, each in its own lock stripe: a thread reads "its" copy, so readers on
+/// different threads do not take shared locks on one stripe (whose lock word would bounce
+/// between their cores on every get); a writer of the head writes every copy.
+pub const HEAD_COPIES: usize = 8;
 /// Slots of the old table moved by one migration step.
 pub const MIGRATE_SLOTS: u64 = 16;
 /// One mutation in this many runs a migration step (4 slots per mutation on average).
@@ -116,7 +124,7 @@ const MIN_SLOTS: u64 = 64;
 /// `Head::magic`: "pmkvmap2".
 const MAGIC: u64 = u64::from_le_bytes(*b"pmkvmap2");
 /// `Head::version`.
-const VERSION: u64 = 2;
+const VERSION: u64 = 3;
 /// Bytes of an entry header.
 const HEADER: u64 = size_of::<Header>() as u64;
 /// `Slot::entry` of a tombstone in an old table: the slot's entry was migrated or deleted
@@ -175,18 +183,25 @@ struct Stripe {
     _pad: [u64; 31],
 }
 
+/// One copy of the head, alone in its 256-byte lock stripe.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+struct HeadStripe {
+    head: Head,
+    _pad: [u64; 26],
+}
+
 /// The root object.
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C, align(64))]
 pub struct Root {
-    head: Head,
-    _head_pad: [u64; 26],
+    heads: [HeadStripe; HEAD_COPIES],
     cursor: Stripe,
     counters: [Stripe; COUNTERS],
 }
 
-const _: () = assert!(size_of::<Head>() + 26 * 8 == 256);
-const _: () = assert!(offset_of!(Root, cursor) == 256);
+const _: () = assert!(size_of::<HeadStripe>() == 256);
+const _: () = assert!(offset_of!(Root, cursor) == 256 * HEAD_COPIES);
 const _: () = assert!(size_of::<Stripe>() == 256);
 
 /// Everything that can go wrong.
@@ -235,7 +250,11 @@ impl fmt::Display for KvError {
                 write!(f, "not a kv pool (it was made for another layout): {e}")
             }
             KvError::Tx(TxError::RootMismatch { .. }) => {
-                write!(f, "not a kv pool: its root object is not a kv map's")
+                write!(
+                    f,
+                    "not a kv pool: its root object is not a kv map's (or it is a map made \
+                     by an older kv, before 2026-11-25: its root is smaller)"
+                )
             }
             KvError::Tx(e) => write!(f, "{e}"),
             KvError::KeyTooLarge { len } => write!(
@@ -458,13 +477,14 @@ impl Kv {
                 return Err(corrupt("bad magic in the root object"));
             }
             let cur = tx.alloc_slice_zeroed::<Slot>(slots)?;
-            *tx.get_mut(head)? = Head {
-                magic: MAGIC,
-                version: VERSION,
-                cur,
-                old: PSlice::EMPTY,
-            };
-            Ok(())
+            kv.set_head(tx, |h| {
+                *h = Head {
+                    magic: MAGIC,
+                    version: VERSION,
+                    cur,
+                    old: PSlice::EMPTY,
+                }
+            })
         })?;
         kv.pool.read(|tx| check_head(tx.get(head)?).map(|_| ()))?;
         Ok(kv)
@@ -480,8 +500,25 @@ impl Kv {
         self.pool
     }
 
+    /// The head copy this thread reads ([`HEAD_COPIES`]).
     fn head_ptr(&self) -> PPtr<Head> {
-        self.root.cast()
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static COPY: usize = NEXT.fetch_add(1, Ordering::Relaxed) % HEAD_COPIES;
+        }
+        self.head_copy(COPY.with(|c| *c))
+    }
+
+    fn head_copy(&self, i: usize) -> PPtr<Head> {
+        PPtr::from_offset(self.root.offset() + (i * size_of::<HeadStripe>()) as u64)
+    }
+
+    /// Changes every copy of the head with `f` (in the caller's transaction).
+    fn set_head(&self, tx: &mut Tx<'_>, f: impl Fn(&mut Head)) -> Result<()> {
+        for i in 0..HEAD_COPIES {
+            f(tx.get_mut(self.head_copy(i))?);
+        }
+        Ok(())
     }
 
     fn cursor_ptr(&self) -> PPtr<u64> {
@@ -684,10 +721,10 @@ impl Kv {
             }
             Err(e) => return Err(e.into()),
         };
-        let head = tx.get_mut(self.head_ptr())?;
-        head.old = head.cur;
-        head.cur = new;
-        Ok(())
+        self.set_head(tx, |h| {
+            h.old = h.cur;
+            h.cur = new;
+        })
     }
 
     /// Moves the next [`MIGRATE_SLOTS`] slots of `old` to `cur`; frees `old` after the last.
@@ -729,7 +766,7 @@ impl Kv {
         }
         if end == n {
             tx.free_slice(hd.old)?;
-            tx.get_mut(self.head_ptr())?.old = PSlice::EMPTY;
+            self.set_head(tx, |h| h.old = PSlice::EMPTY)?;
             *tx.get_mut(cursor)? = 0;
         } else {
             *tx.get_mut(cursor)? = end;
@@ -852,6 +889,11 @@ impl Kv {
         let head = self.head_ptr();
         self.pool.read(|tx| {
             let hd = check_head(tx.get(head)?)?;
+            for i in 0..HEAD_COPIES {
+                if bytemuck::bytes_of(tx.get(self.head_copy(i))?) != bytemuck::bytes_of(&hd) {
+                    return Err(corrupt(format!("head copy {i} differs from the others")));
+                }
+            }
             let cursor = *tx.get(self.cursor_ptr())?;
             let mut r = CheckReport {
                 slots: hd.cur.len(),
