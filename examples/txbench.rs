@@ -18,6 +18,9 @@
 //! * `atomic_alloc_free`: `Heap::alloc` of 64 bytes into a root slot, then `Heap::free`
 //!   (per pair; no transaction).
 //! * `read_8B`: a read-only transaction (`Pool::read`) reading the 8-byte counter.
+//!
+//! `--spawn` runs the operations (not the setup) in a spawned thread whose arena holds no
+//! other block, as the PMDK comparison harness does: each alloc/free pair empties its run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -77,6 +80,10 @@ struct Args {
     /// Persistence mode (`auto` honours PMSTORE_FORCE_MODE).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
+    /// Run the operations (after the setup) in a spawned thread, as the PMDK comparison
+    /// harness does: its arena holds no other block, so each alloc/free pair empties its run.
+    #[arg(long)]
+    spawn: bool,
 }
 
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -98,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let opts = CreateOptions::new("txbench", 64 << 20).mode(mode);
     let pool = Pool::create(&args.pool, &opts)?;
-    let result = run(&pool, args.workload, args.n);
+    let result = run(&pool, args.workload, args.n, args.spawn);
     drop(pool);
     let _ = std::fs::remove_file(&args.pool);
     let line = result?;
@@ -106,7 +113,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn run(pool: &Pool, w: Workload, n: u64) -> Result<String, Box<dyn std::error::Error>> {
+fn run(
+    pool: &Pool,
+    w: Workload,
+    n: u64,
+    spawn: bool,
+) -> Result<String, Box<dyn std::error::Error>> {
     let root = pool.root::<Root>()?;
     // Objects the workloads use (made before timing). One block stays allocated in the
     // 64-byte class, as in the PMDK peer, so alloc/free pairs do not open and close a run.
@@ -180,16 +192,23 @@ fn run(pool: &Pool, w: Workload, n: u64) -> Result<String, Box<dyn std::error::E
             }
         }
     };
-    for i in 0..n / 10 {
-        op(i)?;
-    }
-    let before = pool.counters();
-    let t0 = Instant::now();
-    for i in 0..n {
-        op(i)?;
-    }
-    let ns = t0.elapsed().as_nanos() as f64 / n as f64;
-    let d = pool.counters() - before;
+    let ops = || -> Result<_, TxError> {
+        for i in 0..n / 10 {
+            op(i)?;
+        }
+        let before = pool.counters();
+        let t0 = Instant::now();
+        for i in 0..n {
+            op(i)?;
+        }
+        Ok((t0.elapsed(), pool.counters() - before))
+    };
+    let (elapsed, d) = if spawn {
+        std::thread::scope(|s| s.spawn(ops).join().expect("benchmark thread"))?
+    } else {
+        ops()?
+    };
+    let ns = elapsed.as_nanos() as f64 / n as f64;
     let per = |x: u64| x as f64 / n as f64;
     // Check the result, so the benchmark cannot measure something that does nothing.
     let total = n + n / 10;

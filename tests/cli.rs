@@ -277,6 +277,49 @@ fn check_a_fresh_pool() {
     assert_eq!(json(&out)["error"]["kind"], "NoRoot");
 }
 
+/// A run emptied by frees is kept by the allocator (header `RUN`, bitmap zero: FORMAT.md
+/// §6.3): `check` reports it as a run with no live block, not as corruption or a leak.
+#[test]
+fn check_accepts_an_empty_kept_run() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pool_with_data(d.path());
+    let p = &data.path;
+    let ps = p.to_str().unwrap();
+    {
+        let pool = pmstore::Pool::open(p, &OpenOptions::new(LAYOUT)).unwrap();
+        let mut slices = Vec::new();
+        pool.heap()
+            .for_each_allocated(pool.raw(), |off, size| {
+                if size == 1024 {
+                    slices.push(off)
+                }
+            })
+            .unwrap();
+        assert_eq!(slices.len(), 3);
+        for off in slices {
+            // SAFETY: no transaction runs; nothing refers to these blocks.
+            unsafe { pool.heap().free(pool.raw(), off, None) }.unwrap();
+        }
+        let s = pool.heap().stats(pool.raw()).unwrap();
+        assert_eq!(s.empty_run_chunks, 1, "the 1024-byte run is kept: {s:?}");
+    }
+    let (code, out, err) = pmstore_ro(p, &["check", ps, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v = json(&out);
+    assert_eq!(v["status"], "clean");
+    assert_eq!(v["findings_total"], 0);
+    assert_eq!(v["heap"]["live_blocks"], data.blocks - 3);
+    let (code, out, _) = pmstore_ro(p, &["stats", ps, "--json"]);
+    assert_eq!(code, 0);
+    let v = json(&out);
+    let classes = v["heap"]["classes"].as_array().unwrap();
+    let c1024 = classes.iter().find(|c| c["size"] == 1024).unwrap();
+    assert_eq!(
+        (c1024["runs"].as_u64(), c1024["blocks"].as_u64()),
+        (Some(1), Some(0))
+    );
+}
+
 #[test]
 fn check_stats_and_dump_root_of_a_pool_with_data() {
     let d = tempfile::tempdir().unwrap();

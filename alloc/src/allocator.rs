@@ -7,9 +7,10 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use pmstore_pool::{FlushContext, Pool};
 use smallvec::SmallVec;
 
@@ -23,9 +24,11 @@ use crate::redo::{
 use crate::volatile::{LaneClaim, LaneSlots, RunBits};
 use crate::{AllocError, Result, TargetError};
 
+mod keep;
 mod publish;
 mod tables;
 
+use keep::KeptBudget;
 use tables::{Arena, ObjTable};
 
 /// A log extension of this size or more is a span (chunks) rather than a block of a run.
@@ -51,6 +54,9 @@ struct RunState {
     dead: bool,
     /// The run is in an arena's list or the chunk allocator's `unowned` list.
     listed: bool,
+    /// The run is empty and kept for its class, charged to arena `kept - 1` (0: not kept;
+    /// `keep.rs`). Uncharged when a block of it is published or when it is released.
+    kept: u16,
 }
 
 /// What a scanned or created run or span is.
@@ -154,6 +160,11 @@ pub struct HeapStats {
     pub free_chunks: u64,
     /// Chunks scanned (the frontier).
     pub chunks_scanned: u64,
+    /// Chunks of the scanned runs that hold no allocated block: runs kept empty for their
+    /// class, or found so on media. Not free, but released to the chunk allocator when it
+    /// runs dry (or by [`Heap::release_empty_runs`]): `free_chunks + empty_run_chunks` is
+    /// what new runs and spans can still get.
+    pub empty_run_chunks: u64,
     /// Chunk headers read by frontier scans.
     pub headers_read: u64,
     /// Total chunks (`N`).
@@ -210,6 +221,16 @@ struct Core {
     /// path touches no shared lock (a stale `true` costs one lock; `false` is written only
     /// under the lock, after emptying the queue).
     release_pending: AtomicBool,
+    /// Per arena: the empty runs it keeps (`keep.rs`).
+    kept: Box<[CachePadded<KeptBudget>]>,
+    /// A run may have become empty without being released since the last reclaim (kept,
+    /// queued, or met by a frontier scan with its bitmap unread): a reclaim has work.
+    reclaim_hint: AtomicBool,
+    /// One reclaim at a time (taken with no other lock held; before run, arena and chunk
+    /// allocator locks).
+    reclaim_lock: Mutex<()>,
+    /// Reclaims that released chunks: an allocation that failed before the last one retries.
+    reclaim_gen: AtomicU64,
 }
 
 impl Core {
@@ -239,8 +260,9 @@ impl Core {
                     return;
                 }
                 if st.on_media && bits.reserved() == 0 && bits.used() == 0 {
-                    lock(&self.release_queue).push(Arc::clone(&run));
-                    self.release_pending.store(true, Ordering::Release);
+                    // Emptied by a free while this reservation was outstanding: kept for the
+                    // class, or released by the next publish.
+                    self.keep_or_queue(&run, st);
                 }
                 if !st.listed {
                     st.listed = true;
@@ -464,6 +486,8 @@ fn thread_index() -> usize {
 enum Acquired {
     Existing(Arc<Run>),
     Fresh(u32),
+    /// The chunk allocator has no room (the whole heap scanned).
+    Nothing,
 }
 
 impl Heap {
@@ -520,6 +544,10 @@ impl Heap {
                     .collect(),
                 release_queue: Mutex::new(Vec::new()),
                 release_pending: AtomicBool::new(false),
+                kept: (0..arenas).map(|_| CachePadded::default()).collect(),
+                reclaim_hint: AtomicBool::new(false),
+                reclaim_lock: Mutex::new(()),
+                reclaim_gen: AtomicU64::new(0),
             }),
         };
         Ok((heap, report))
@@ -634,9 +662,14 @@ impl Heap {
                             on_media: true,
                             dead: false,
                             listed: true,
+                            kept: 0,
                         }),
                     });
                     ch.unowned[usize::from(class)].push(Arc::clone(&run));
+                    // Its bitmap is unread: it may be empty (a crash, or kept at the last
+                    // close), which only a reclaim would find out. (Under the chunk
+                    // allocator's lock: a reclaim collects the runs under it.)
+                    self.core.reclaim_hint.store(true, Ordering::Relaxed);
                     Obj::Run(run)
                 }
                 ChunkHeader::Span { len } => Obj::Span { len },
@@ -952,13 +985,21 @@ impl Heap {
             return Err(AllocError::TooLarge { size });
         }
         let len = len as u32;
+        let mut gen = self.core.reclaim_gen.load(Ordering::Acquire);
         let mut ch = lock(&self.core.chunks);
         let start = loop {
             if let Some(s) = ch.take_free(len) {
                 break s;
             }
             if ch.frontier >= self.geo.chunks {
-                return Err(AllocError::OutOfSpace { size });
+                // No room: release empty runs (no lock held) and try again.
+                drop(ch);
+                if !self.reclaim(pool, gen)? {
+                    return Err(AllocError::OutOfSpace { size });
+                }
+                gen = self.core.reclaim_gen.load(Ordering::Acquire);
+                ch = lock(&self.core.chunks);
+                continue;
             }
             self.scan_group(pool, &mut ch)?;
         };
@@ -972,6 +1013,7 @@ impl Heap {
 
     fn reserve_small(&self, pool: &Pool, c: &'static SizeClass, size: u64) -> Result<Reservation> {
         let ci = usize::from(c.id);
+        let mut gen = self.core.reclaim_gen.load(Ordering::Acquire);
         let mut arena = self.core.arena();
         loop {
             if let Some(run) = arena[ci].last() {
@@ -1010,7 +1052,7 @@ impl Heap {
                     break Acquired::Fresh(s);
                 }
                 if ch.frontier >= self.geo.chunks {
-                    return Err(AllocError::OutOfSpace { size });
+                    break Acquired::Nothing;
                 }
                 self.scan_group(pool, &mut ch)?;
             };
@@ -1021,6 +1063,18 @@ impl Heap {
                     continue;
                 }
                 Acquired::Fresh(s) => s,
+                Acquired::Nothing => {
+                    // No room for a new run: release empty runs (with no lock held: they take
+                    // run locks, ordered before the chunk allocator's) and try again.
+                    drop(ch);
+                    drop(arena);
+                    if !self.reclaim(pool, gen)? {
+                        return Err(AllocError::OutOfSpace { size });
+                    }
+                    gen = self.core.reclaim_gen.load(Ordering::Acquire);
+                    arena = self.core.arena();
+                    continue;
+                }
             };
             // A new run: its bitmap slot must be zero (free chunk). Read in pieces into a
             // buffer on the stack (no heap allocation).
@@ -1307,6 +1361,9 @@ impl Heap {
                     }
                     self.load_bits(pool, &run, &mut st)?;
                     let used = st.bits.as_ref().expect("loaded").used();
+                    if used == 0 {
+                        s.empty_run_chunks += u64::from(run.class.run_chunks);
+                    }
                     s.blocks_per_class[usize::from(run.class.id)] += u64::from(used);
                     s.bytes_allocated += u64::from(used) * run.class.size;
                 }

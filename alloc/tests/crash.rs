@@ -12,7 +12,7 @@ use pmstore_pool::sim::CrashPoint;
 use pmstore_pool::{CreateOptions, OpenOptions, Pool, MIN_POOL_SIZE};
 
 const LAYOUT: &str = "crash";
-const WORDS: u64 = 4;
+const WORDS: u64 = 5;
 
 fn read_word(pool: &Pool, off: u64) -> u64 {
     let mut b = [0; 8];
@@ -56,9 +56,17 @@ fn check_image(img: &[u8]) -> Result<(), String> {
         // SAFETY: single-threaded; the word is a root word.
         unsafe { heap.free(&pool, w, Some(dest(&pool, i))) }.map_err(|e| format!("free: {e}"))?;
     }
+    // Emptied runs may be kept (for their class) or found empty on media (kept before the
+    // crash): not free, but all releasable, so no capacity is lost.
     let s = heap.stats(&pool).map_err(|e| e.to_string())?;
-    if s.bytes_allocated != 0 || s.free_chunks != s.chunks {
+    if s.bytes_allocated != 0 || s.free_chunks + s.empty_run_chunks != s.chunks {
         return Err(format!("not empty after freeing everything: {s:?}"));
+    }
+    heap.release_empty_runs(&pool)
+        .map_err(|e| format!("release empty runs: {e}"))?;
+    let s = heap.stats(&pool).map_err(|e| e.to_string())?;
+    if s.free_chunks != s.chunks {
+        return Err(format!("chunks held after releasing empty runs: {s:?}"));
     }
     // SAFETY: as above.
     let o = unsafe { heap.alloc(&pool, 64, dest(&pool, 0)) }.map_err(|e| e.to_string())?;
@@ -95,11 +103,24 @@ fn every_crash_image_of_an_alloc_free_sequence_recovers_consistently() {
         let _b = heap.alloc(&pool, 5000, d[1]).unwrap(); // another run
         let c = heap.alloc(&pool, 64, d[2]).unwrap(); // from the existing run
         let s = heap.alloc(&pool, CHUNK + 1, d[3]).unwrap(); // a span
+        let big = heap.alloc(&pool, CHUNK, d[4]).unwrap(); // a run of the largest class
         heap.free(&pool, a, Some(d[0])).unwrap(); // the run stays
-        heap.free(&pool, c, Some(d[2])).unwrap(); // the run empties: released
+                                                  // Its run empties and is kept: the arena's whole budget (8 chunks).
+        heap.free(&pool, big, Some(d[4])).unwrap();
+        heap.free(&pool, c, Some(d[2])).unwrap(); // the run empties: over budget, released
         heap.free(&pool, s, Some(d[3])).unwrap(); // the span
         assert!(matches!(
             heap.free(&pool, a, Some(d[0])),
+            Err(AllocError::InvalidFree { .. })
+        ));
+        // The kept run is still a run (its blocks free), until a reclaim commit releases it.
+        assert!(matches!(
+            heap.free(&pool, big, None),
+            Err(AllocError::DoubleFree { .. })
+        ));
+        assert_eq!(heap.release_empty_runs(&pool).unwrap(), 8);
+        assert!(matches!(
+            heap.free(&pool, big, None),
             Err(AllocError::InvalidFree { .. })
         ));
     }
@@ -113,8 +134,8 @@ fn every_crash_image_of_an_alloc_free_sequence_recovers_consistently() {
         t.1.len(),
         &t.1[..t.1.len().min(5)]
     );
-    // 7 commits of 2 drains each, plus the final state.
-    assert!(t.0 >= 15, "only {} images", t.0);
+    // 10 commits of 2 drains each, plus the final state.
+    assert!(t.0 >= 21, "only {} images", t.0);
 }
 
 /// The words and live blocks of a recovered image, after checking that freeing every live
@@ -134,9 +155,17 @@ fn recovered_state(img: &[u8], nwords: u64) -> Result<(Vec<u64>, BTreeMap<u64, u
         // SAFETY: single-threaded; no destination word.
         unsafe { heap.free(&pool, o, None) }.map_err(|e| format!("free {o:#x}: {e}"))?;
     }
+    // Emptied runs may be kept (for their class) or found empty on media (kept before the
+    // crash): not free, but all releasable, so no capacity is lost.
     let s = heap.stats(&pool).map_err(|e| e.to_string())?;
-    if s.bytes_allocated != 0 || s.free_chunks != s.chunks {
+    if s.bytes_allocated != 0 || s.free_chunks + s.empty_run_chunks != s.chunks {
         return Err(format!("not empty after freeing everything: {s:?}"));
+    }
+    heap.release_empty_runs(&pool)
+        .map_err(|e| format!("release empty runs: {e}"))?;
+    let s = heap.stats(&pool).map_err(|e| e.to_string())?;
+    if s.free_chunks != s.chunks {
+        return Err(format!("chunks held after releasing empty runs: {s:?}"));
     }
     Ok((words, live))
 }
@@ -226,4 +255,88 @@ fn every_crash_image_of_a_publish_is_all_or_nothing() {
     );
     // 2 drains of one commit, plus the states before and after; both outcomes seen.
     assert!(t.0 >= 4 && t.1 > 0 && t.2 > 0, "images: {t:?}");
+}
+
+/// The reclaim commit inside an allocation: a heap whose only room is in empty runs kept for
+/// their class, and a span allocation that finds no free chunks, so it releases them (a commit
+/// of their own) and then allocates. Every crash image recovers to the heap before or after
+/// the allocation (the kept runs released or not: either way empty, and releasable).
+#[test]
+fn every_crash_image_of_a_reclaiming_alloc_is_consistent() {
+    const N: u64 = 40;
+    let (mut pool, sim) =
+        Pool::create_simulated(&CreateOptions::new(LAYOUT, MIN_POOL_SIZE)).unwrap();
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let d: Vec<u64> = (0..N).map(|i| dest(&pool, i)).collect();
+    // Runs of five classes (6 chunks), emptied: all kept (within the arena's 8 chunks).
+    for size in [64, 1000, 5000, 20_000, 40_000] {
+        // SAFETY: single-threaded; root words are ours.
+        unsafe {
+            let o = heap.alloc(&pool, size, d[0]).unwrap();
+            heap.free(&pool, o, Some(d[0])).unwrap();
+        }
+    }
+    let kept = heap.stats(&pool).unwrap().empty_run_chunks;
+    assert_eq!(kept, 6);
+    // Spans of one chunk's worth (2 chunks each) until the free chunks are used up.
+    let mut words = vec![0u64; N as usize];
+    let mut i = 0;
+    while heap.stats(&pool).unwrap().free_chunks >= 2 {
+        // SAFETY: as above.
+        words[i] = unsafe { heap.alloc(&pool, CHUNK + 1, d[i]) }.unwrap();
+        i += 1;
+    }
+    let before = words.clone();
+    let tally = Arc::new(Mutex::new((0usize, 0usize, 0usize, Vec::<String>::new())));
+    let (pre, post_slot) = (before.clone(), i);
+    let hook = {
+        let tally = Arc::clone(&tally);
+        move |cp: &CrashPoint<'_>| {
+            for img in cp.images(12, 32, 0x4EC1A1) {
+                let r = recovered_state(&img, N);
+                let mut t = tally.lock().unwrap();
+                t.0 += 1;
+                match r {
+                    Ok((w, live)) => {
+                        let refs: Vec<u64> = w.iter().copied().filter(|&x| x != 0).collect();
+                        let live: Vec<u64> = live.into_keys().collect();
+                        let mut sorted = refs.clone();
+                        sorted.sort_unstable();
+                        if sorted != live {
+                            t.3.push(format!("drain {}: words {w:x?}, live {live:x?}", cp.drain));
+                        } else if w == pre {
+                            t.1 += 1;
+                        } else if w[..post_slot] == pre[..post_slot] && w[post_slot] != 0 {
+                            t.2 += 1;
+                        } else {
+                            t.3.push(format!("drain {}: words {w:x?}", cp.drain));
+                        }
+                    }
+                    Err(e) => t.3.push(format!("drain {}: {e}", cp.drain)),
+                }
+            }
+        }
+    };
+    sim.set_crash_hook(hook.clone());
+    // SAFETY: as above.
+    words[i] = unsafe { heap.alloc(&pool, CHUNK + 1, d[i]) }.unwrap();
+    sim.clear_crash_hook();
+    sim.with_crash_point(|cp| hook(cp)); // the state after
+    assert!(
+        heap.stats(&pool).unwrap().empty_run_chunks < kept,
+        "reclaimed"
+    );
+    let t = tally.lock().unwrap();
+    println!(
+        "reclaiming alloc: {} images, {} before, {} after",
+        t.0, t.1, t.2
+    );
+    assert!(
+        t.3.is_empty(),
+        "{} bad images: {:#?}",
+        t.3.len(),
+        &t.3[..t.3.len().min(5)]
+    );
+    // The reclaim commit and the allocation's: 2 drains each, plus the state after.
+    assert!(t.0 >= 5 && t.1 > 0 && t.2 > 0, "{t:?}");
 }

@@ -81,7 +81,73 @@ fn every_class_and_spans_round_trip() {
     }
     let s = heap.stats(&pool).unwrap();
     assert_eq!(s.bytes_allocated, 0);
-    assert_eq!(s.free_chunks, s.chunks, "every run was released");
+    // Emptied runs are kept for their class (within the arena's budget), the others released.
+    assert_eq!(s.free_chunks + s.empty_run_chunks, s.chunks, "{s:?}");
+    assert!(s.empty_run_chunks > 0, "{s:?}");
+    assert_eq!(heap.release_empty_runs(&pool).unwrap(), s.empty_run_chunks);
+    assert_eq!(
+        heap.stats(&pool).unwrap().free_chunks,
+        s.chunks,
+        "every run was released"
+    );
+}
+
+/// Reads the chunk header of `block`'s chunk.
+fn header_of(heap: &Heap, pool: &Pool, block: u64) -> u64 {
+    let g = heap.geometry();
+    read_word(pool, g.header_offset(g.chunk_of(block).unwrap()))
+}
+
+/// Alloc/free pairs in a run with no other live block keep the run: after the first pair, its
+/// chunk header is never written again (it stays `RUN`), and a pair flushes only its bitmap
+/// word, destination word and logs (8 lines), the lines of a pair in a run held open by
+/// another block.
+#[test]
+fn alloc_free_pairs_keep_their_run() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let d = root(&pool, 0);
+    let pair = |heap: &Heap, pool: &Pool| {
+        let a = alloc(heap, pool, 64, d).unwrap();
+        free(heap, pool, a, Some(d)).unwrap();
+        a
+    };
+    let first = pair(&heap, &pool);
+    let run = header_of(&heap, &pool, first);
+    assert_ne!(run, 0, "the emptied run keeps its header");
+    let before = pool.counters();
+    for _ in 0..100 {
+        assert_eq!(pair(&heap, &pool), first, "the kept run's lowest block");
+        assert_eq!(header_of(&heap, &pool, first), run);
+    }
+    let d1 = pool.counters() - before;
+    // The same pairs with another block holding the run open.
+    let keep = alloc(&heap, &pool, 64, root(&pool, 1)).unwrap();
+    let before = pool.counters();
+    for _ in 0..100 {
+        pair(&heap, &pool);
+    }
+    let d2 = pool.counters() - before;
+    assert_eq!(
+        (d1.drains, d1.lines_flushed),
+        (d2.drains, d2.lines_flushed),
+        "{d1:?} vs {d2:?}"
+    );
+    free(&heap, &pool, keep, Some(root(&pool, 1))).unwrap();
+    // Transactions' publications (the general path) keep it too: a free published with a
+    // word, then an allocation.
+    let mut rs = vec![heap.reserve(&pool, 64).unwrap()];
+    let off = rs[0].offset();
+    assert_eq!(off, first);
+    // SAFETY: single-threaded; the root word is ours.
+    unsafe { heap.publish(&pool, &mut rs, &[], &[(d, off)]) }.unwrap();
+    let mut rs2 = vec![heap.reserve(&pool, 16).unwrap()];
+    // SAFETY: as above.
+    unsafe { heap.publish(&pool, &mut rs2, &[off], &[(d, 0)]) }.unwrap();
+    assert_eq!(header_of(&heap, &pool, first), run);
+    let s = heap.stats(&pool).unwrap();
+    assert_eq!(s.empty_run_chunks, 1, "{s:?}"); // the 64-byte run; the 16-byte one is used
 }
 
 /// Random alloc/free against a model: no overlap, `for_each_allocated` equals the model, and
@@ -159,6 +225,7 @@ fn random_sequences_match_a_model_and_survive_reopen() {
         free(&heap, &pool, off, Some(root(&pool, i as u64))).unwrap();
     }
     assert!(allocated(&heap, &pool).is_empty());
+    heap.release_empty_runs(&pool).unwrap();
     assert_eq!(
         heap.stats(&pool).unwrap().free_chunks,
         u64::from(heap.geometry().chunks)
@@ -185,6 +252,12 @@ fn double_free_after_reopen_of_a_run_block() {
         Err(AllocError::DoubleFree { offset }) if offset == a
     ));
     free(&heap, &pool, b, Some(root(&pool, 1))).unwrap();
+    // Its run is empty now, kept: `b` is a free block of it, until the run is released.
+    assert!(matches!(
+        free(&heap, &pool, b, None),
+        Err(AllocError::DoubleFree { offset }) if offset == b
+    ));
+    assert_eq!(heap.release_empty_runs(&pool).unwrap(), 1);
     assert!(matches!(
         free(&heap, &pool, b, None),
         Err(AllocError::InvalidFree { offset }) if offset == b
@@ -237,7 +310,11 @@ fn out_of_space_leaves_the_heap_usable() {
         free(&heap, &pool, o, None).unwrap();
     }
     let s = heap.stats(&pool).unwrap();
-    assert_eq!((s.bytes_allocated, s.free_chunks), (0, n));
+    assert_eq!(
+        (s.bytes_allocated, s.free_chunks + s.empty_run_chunks),
+        (0, n)
+    );
+    assert_eq!(s.empty_run_chunks, 1, "one run kept for the class");
     let again = fill(&heap, &pool, 4096);
     assert_eq!(again.len(), objs.len());
 }
@@ -314,11 +391,113 @@ fn fragmentation_large_then_small_and_back() {
         for o in b {
             free(&heap, &pool, o, None).unwrap();
         }
+        let s = heap.stats(&pool).unwrap();
         assert_eq!(
-            heap.stats(&pool).unwrap().free_chunks,
+            s.free_chunks + s.empty_run_chunks,
             u64::from(heap.geometry().chunks)
         );
     }
+}
+
+/// Four threads (so several arenas) fill the heap with blocks of several classes, then free
+/// all of them: each arena keeps some of the emptied runs. Returns the chunks those hold.
+fn fill_small_from_threads_and_free(heap: &Heap, pool: &Pool) -> u64 {
+    const SIZES: [u64; 6] = [48, 64, 256, 1000, 4096, 20_000];
+    let total: usize = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                s.spawn(move || {
+                    let dest = root(pool, 500 + t);
+                    let mut mine = Vec::new();
+                    let mut failed = 0; // in a row: every class out of space
+                    for i in t.. {
+                        let size = SIZES[(i % SIZES.len() as u64) as usize];
+                        match alloc(heap, pool, size, dest) {
+                            Ok(off) => {
+                                mine.push(off);
+                                failed = 0;
+                            }
+                            Err(AllocError::OutOfSpace { .. }) if failed < SIZES.len() => {
+                                failed += 1
+                            }
+                            Err(AllocError::OutOfSpace { .. }) => break,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    let n = mine.len();
+                    for o in mine {
+                        free(heap, pool, o, None).unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        threads.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(total > 1000, "{total}");
+    let s = heap.stats(pool).unwrap();
+    assert_eq!(s.bytes_allocated, 0);
+    assert_eq!(s.free_chunks + s.empty_run_chunks, s.chunks, "{s:?}");
+    // Kept: at most 8 chunks per arena (2 per available CPU).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        s.empty_run_chunks > 0 && s.empty_run_chunks <= 16 * cpus,
+        "{s:?}"
+    );
+    s.empty_run_chunks
+}
+
+/// Spans (2 chunks each) until the heap is full reach 90 % of it: the chunks of the kept empty
+/// runs are reclaimed when the chunk allocator runs dry.
+fn spans_reach_90_percent(heap: &Heap, pool: &Pool) {
+    let spans = fill(heap, pool, CHUNK + 1);
+    let reached = spans.len() as u64 * 2 * CHUNK;
+    let cap = capacity(heap);
+    assert!(reached * 10 >= cap * 9, "spans: {reached} of {cap}");
+    assert_eq!(heap.stats(pool).unwrap().empty_run_chunks, 0);
+    for o in spans {
+        free(heap, pool, o, None).unwrap();
+    }
+}
+
+#[test]
+fn fragmentation_small_classes_from_threads_then_spans() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    fill_small_from_threads_and_free(&heap, &pool);
+    spans_reach_90_percent(&heap, &pool);
+    // And again: the arenas keep runs again, reclaimed again.
+    fill_small_from_threads_and_free(&heap, &pool);
+    spans_reach_90_percent(&heap, &pool);
+}
+
+/// Empty runs kept at close are found on media after the reopen, owned by no arena: a span
+/// allocation that finds no free chunks releases them (reading their bitmaps then, not at
+/// open).
+#[test]
+fn fragmentation_kept_runs_after_reopen_then_spans() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let kept = {
+        let (heap, _) = Heap::open(&mut pool).unwrap();
+        fill_small_from_threads_and_free(&heap, &pool)
+    };
+    drop(pool);
+    let mut pool = open(&path);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let s = heap.stats(&pool).unwrap();
+    assert_eq!(s.chunks_scanned, 0, "nothing scanned at open");
+    spans_reach_90_percent(&heap, &pool);
+    // And after another reopen, the kept runs' chunks are free on media.
+    drop(heap);
+    drop(pool);
+    let mut pool = open(&path);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    assert!(allocated(&heap, &pool).is_empty()); // (scans the whole heap)
+    let s = heap.stats(&pool).unwrap();
+    assert!(kept > 0);
+    assert_eq!((s.empty_run_chunks, s.free_chunks), (0, s.chunks), "{s:?}");
 }
 
 #[test]
@@ -463,28 +642,36 @@ fn corrupt_metadata_is_reported_not_trusted() {
     }
 }
 
-/// A run emptied by a free is released; the next allocation of its class opens a new run,
-/// reusing the released run's volatile state (a spare). The reused state must be as new: its
-/// blocks free, its header written again by its first publication, and lookups through the
-/// chunk-indexed object table must see the new run, not the old one.
+/// A run emptied by a free beyond what its arena keeps is released; the next allocation of its
+/// class opens a new run, reusing the released run's volatile state (a spare). The reused state
+/// must be as new: its blocks free, its header written again by its first publication, and
+/// lookups through the chunk-indexed object table must see the new run, not the old one.
 #[test]
 fn released_runs_reused_for_new_runs_behave_as_new() {
     let (_d, path) = scratch();
     let mut pool = create(&path, 16 << 20);
     let (heap, _) = Heap::open(&mut pool).unwrap();
     let (d0, d1) = (root(&pool, 0), root(&pool, 1));
+    // A run of the largest class (8 chunks), emptied: kept, the arena's whole budget, so every
+    // run emptied below is released.
+    let big = alloc(&heap, &pool, CHUNK, d0).unwrap();
+    free(&heap, &pool, big, Some(d0)).unwrap();
+    assert_eq!(heap.stats(&pool).unwrap().empty_run_chunks, 8);
     for round in 0..50u64 {
         // 64 bytes, then freed: its run is released each time.
         let a = alloc(&heap, &pool, 64, d0).unwrap();
+        let g = heap.geometry();
+        let a_header = g.header_offset(g.chunk_of(a).unwrap());
         assert_eq!(heap.usable_size(&pool, a).unwrap(), 64);
         free(&heap, &pool, a, Some(d0)).unwrap();
+        assert_eq!(read_word(&pool, a_header), 0, "released");
         assert!(matches!(
             heap.usable_size(&pool, a),
             Err(AllocError::InvalidFree { .. })
         ));
         assert!(matches!(
             free(&heap, &pool, a, None),
-            Err(AllocError::InvalidFree { .. } | AllocError::DoubleFree { .. })
+            Err(AllocError::InvalidFree { .. })
         ));
         // Another class in between, sometimes on the chunks the released run had.
         let b = alloc(&heap, &pool, 1000 + round % 24, d1).unwrap();
@@ -502,7 +689,8 @@ fn released_runs_reused_for_new_runs_behave_as_new() {
         free(&heap, &pool, y, Some(d1)).unwrap();
     }
     let s = heap.stats(&pool).unwrap();
-    assert_eq!((s.bytes_allocated, s.free_chunks), (0, s.chunks_scanned));
+    assert_eq!((s.bytes_allocated, s.empty_run_chunks), (0, 8));
+    assert_eq!(s.free_chunks + 8, s.chunks_scanned);
     // And on media: a reopen finds nothing allocated.
     drop(heap);
     let (heap, _) = Heap::open(&mut pool).unwrap();
@@ -536,4 +724,78 @@ fn offsets_inside_spans_are_not_blocks() {
             Err(AllocError::InvalidFree { .. })
         ));
     }
+}
+
+/// A reclaim releases only the empty runs no one uses: a kept run with a reservation
+/// outstanding (or a block allocated again) stays, and the reservation publishes into it.
+#[test]
+fn reclaim_spares_kept_runs_in_use() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, MIN_POOL_SIZE);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let d = root(&pool, 0);
+    for size in [64, 1000] {
+        let o = alloc(&heap, &pool, size, d).unwrap();
+        free(&heap, &pool, o, Some(d)).unwrap();
+    }
+    assert_eq!(heap.stats(&pool).unwrap().empty_run_chunks, 2);
+    let r = heap.reserve(&pool, 64).unwrap(); // in the kept 64-byte run
+    let off = r.offset();
+    let spans = fill(&heap, &pool, CHUNK + 1);
+    // The 1000-byte run was released for the spans (its chunk left over: not two in a row),
+    // not the reserved one.
+    let s = heap.stats(&pool).unwrap();
+    assert_eq!(s.empty_run_chunks, 1, "{s:?}");
+    assert_ne!(header_of(&heap, &pool, off), 0);
+    let mut rs = vec![r];
+    // SAFETY: single-threaded; the root word is ours.
+    unsafe { heap.publish(&pool, &mut rs, &[], &[(d, off)]) }.unwrap();
+    assert_eq!(heap.usable_size(&pool, off).unwrap(), 64);
+    assert_eq!(allocated(&heap, &pool).len(), spans.len() + 1);
+}
+
+/// Threads doing alloc/free pairs in their kept runs while another fills the heap with spans
+/// and frees them (reclaiming the kept runs each time): no block is lost or handed out twice,
+/// and the heap ends empty.
+#[test]
+fn reclaims_race_with_pairs_in_kept_runs() {
+    let (_d, path) = scratch();
+    let mut pool = create(&path, 16 << 20);
+    let (heap, _) = Heap::open(&mut pool).unwrap();
+    let (heap, pool) = (&heap, &pool);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            s.spawn(move || {
+                let d = root(pool, 10 + t);
+                for i in 0..3000u64 {
+                    let size = [64, 1000, 5000][(i % 3) as usize];
+                    match alloc(heap, pool, size, d) {
+                        Ok(o) => {
+                            assert_eq!(read_word(pool, d), o);
+                            assert!(heap.usable_size(pool, o).unwrap() >= size);
+                            free(heap, pool, o, Some(d)).unwrap();
+                        }
+                        Err(AllocError::OutOfSpace { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+        s.spawn(move || {
+            for _ in 0..20 {
+                let spans = fill(heap, pool, CHUNK + 1);
+                let mut sorted = spans.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), spans.len(), "a span handed out twice");
+                for o in spans {
+                    free(heap, pool, o, None).unwrap();
+                }
+            }
+        });
+    });
+    assert!(allocated(heap, pool).is_empty());
+    heap.release_empty_runs(pool).unwrap();
+    let s = heap.stats(pool).unwrap();
+    assert_eq!((s.free_chunks, s.empty_run_chunks), (s.chunks, 0), "{s:?}");
 }

@@ -14,8 +14,9 @@ struct Group {
     /// Allocated blocks to free, and their offsets.
     free: SmallVec<[u32; 4]>,
     free_offsets: SmallVec<[u64; 4]>,
-    /// The publication empties the run: its header is cleared in the same commit. (A cell:
-    /// set while the run guards borrow the groups.)
+    /// The publication empties the run (with nothing reserved in it); then, once every item is
+    /// validated, whether its header is cleared in the same commit (else the run is kept for
+    /// its class, `keep.rs`). (A cell: set while the run guards borrow the groups.)
     release: Cell<bool>,
 }
 
@@ -560,7 +561,6 @@ impl Heap {
         let mut guards: SmallVec<[MutexGuard<'_, RunState>; 2]> =
             groups.iter().map(|g| lock(&g.run.state)).collect();
         let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
-        let mut releases = false;
         for (g, st) in groups.iter().zip(guards.iter_mut()) {
             if st.dead {
                 if g.publish.is_empty() && g.free.is_empty() {
@@ -601,10 +601,9 @@ impl Heap {
             let used_after = bits.used() as usize + g.publish.len() - g.free.len();
             let reserved_after = bits.reserved() as usize - g.publish.len();
             if st.on_media && used_after == 0 && reserved_after == 0 {
-                // The run becomes empty: release its chunks in the same log.
+                // The run becomes empty (or a release candidate is still empty): decided
+                // below, once every item is valid.
                 g.release.set(true);
-                releases = true;
-                entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
             }
         }
         for &(start, len) in &span_res {
@@ -618,7 +617,7 @@ impl Heap {
         }
         entries.extend(words.iter().map(|&(t, v)| RedoEntry::new(t, v)));
 
-        let mut ch = if releases || !span_frees.is_empty() || !span_res.is_empty() {
+        let mut ch = if !span_frees.is_empty() || !span_res.is_empty() {
             let ch = lock(&self.core.chunks);
             for &(start, len, offset) in &span_frees {
                 // Another thread may have freed it since the lookup.
@@ -630,13 +629,42 @@ impl Heap {
         } else {
             None
         };
+        // Every item is valid: a run these frees empty is kept for its class if its arena has
+        // room (its header stays `RUN`), else released in the same log, as release candidates
+        // still empty are.
+        let mut releases = false;
+        for (g, st) in groups.iter().zip(guards.iter_mut()) {
+            if !g.release.get() {
+                continue;
+            }
+            if !g.free.is_empty() && self.core.try_keep(&g.run, st) {
+                g.release.set(false);
+                continue;
+            }
+            releases = true;
+            entries.push(RedoEntry::new(self.geo.header_offset(g.run.start), 0));
+        }
+        if entries.is_empty() && ranges.is_empty() {
+            return Ok(()); // release candidates only, all used again meanwhile: nothing to do
+        }
+        if releases && ch.is_none() {
+            ch = Some(lock(&self.core.chunks));
+        }
 
         // SAFETY: the runs' headers and bitmap words are owned by their locks (held, a new
         // run's header too); the headers of reserved spans by their reservations (taken from
         // the free extents); those of freed spans and released runs by the chunk-allocator
         // lock (held); the extra words by the caller. The extension is ours alone: reserved
         // above (so no other thread reserves or writes it), never published.
-        unsafe { self.commit(pool, lane, &entries, ranges, ext_region) }?;
+        if let Err(e) = unsafe { self.commit(pool, lane, &entries, ranges, ext_region) } {
+            // Nothing written: the runs these frees would have emptied are not kept.
+            for (g, st) in groups.iter().zip(guards.iter_mut()) {
+                if !g.free.is_empty() {
+                    self.core.unkeep(&g.run, st);
+                }
+            }
+            return Err(e);
+        }
 
         // Committed: update the volatile state.
         let mut relist = Vec::new();
@@ -649,8 +677,10 @@ impl Heap {
             let full = bits.is_full();
             if !g.publish.is_empty() {
                 st.on_media = true;
+                self.core.unkeep(&g.run, st); // not empty any more
             }
             if g.release.get() {
+                self.core.unkeep(&g.run, st);
                 st.dead = true;
                 let ch = ch.as_mut().expect("locked for releases");
                 ch.objs.remove(g.run.start);
@@ -844,15 +874,15 @@ impl Heap {
         let (w, bit) = ((block / 64) as usize, 1u64 << (block % 64));
         let mut entries: SmallVec<[RedoEntry; 8]> = SmallVec::new();
         let start = run.start;
-        let (word, release) = match freed {
+        let (word, empties) = match freed {
             Some(offset) => {
                 if !bits.is_allocated(block) {
                     return Some(Err(AllocError::DoubleFree { offset }));
                 }
                 // The last allocated block of a run on media, nothing reserved: the run
-                // becomes empty and is released in the same log.
-                let release = st.on_media && bits.used() == 1 && bits.reserved() == 0;
-                (bits.words()[w] & !bit, release)
+                // becomes empty.
+                let empties = st.on_media && bits.used() == 1 && bits.reserved() == 0;
+                (bits.words()[w] & !bit, empties)
             }
             None => {
                 assert!(bits.is_reserved(block), "block {block} is not reserved");
@@ -873,6 +903,10 @@ impl Heap {
             self.geo.bitmap_offset(start) + w as u64 * 8,
             word,
         ));
+        // An emptied run is kept for its class if this thread's arena has room (its header
+        // stays `RUN`: the next allocation of the class reuses it as it is), else released in
+        // the same log.
+        let release = empties && !self.core.try_keep(run, &mut st);
         if release {
             entries.push(RedoEntry::new(self.geo.header_offset(start), 0));
         }
@@ -885,6 +919,9 @@ impl Heap {
         // of a released run by the chunk-allocator lock too (held); the words and ranges by
         // the caller.
         if let Err(e) = unsafe { self.commit(pool, lane, &entries, ranges, None) } {
+            if empties {
+                self.core.unkeep(run, &mut st); // nothing written: not emptied, not kept
+            }
             return Some(Err(e));
         }
 
@@ -897,6 +934,7 @@ impl Heap {
         let full = bits.is_full();
         if freed.is_none() {
             st.on_media = true;
+            self.core.unkeep(run, &mut st); // not empty any more
         }
         let relist = if let Some(ch) = ch.as_mut() {
             st.dead = true;

@@ -112,6 +112,7 @@ impl Arena {
                 st.on_media = false;
                 st.dead = false;
                 st.listed = true;
+                debug_assert_eq!(st.kept, 0, "a released run was uncharged");
                 run.start = start;
                 return spare;
             }
@@ -124,6 +125,7 @@ impl Arena {
                 on_media: false,
                 dead: false,
                 listed: true,
+                kept: 0,
             }),
         })
     }

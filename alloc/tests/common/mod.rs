@@ -58,8 +58,8 @@ pub type Recovered = (Vec<u64>, std::collections::BTreeMap<u64, u64>, u64);
 
 /// Opens a crash image in the simulated domain, recovers it, and returns the first `nwords`
 /// root words, the live blocks (offset → size), and how many chunks are still not free after
-/// freeing every live block (chunks held by empty runs: `ALLOC.md` §8 documents when a run
-/// that became empty keeps its header).
+/// freeing every live block (chunks of empty runs: kept for their class, or found empty on
+/// media, `ALLOC.md` §8) — after checking that releasing the empty runs frees them all.
 pub fn recovered_state(img: &[u8], nwords: u64) -> Result<Recovered, String> {
     let (mut pool, _) = Pool::open_simulated(img, &OpenOptions::new(LAYOUT)).unwrap();
     let (heap, _) = pmstore_alloc::Heap::open(&mut pool).map_err(|e| format!("recovery: {e}"))?;
@@ -80,6 +80,16 @@ pub fn recovered_state(img: &[u8], nwords: u64) -> Result<Recovered, String> {
         return Err(format!(
             "bytes still allocated after freeing everything: {s:?}"
         ));
+    }
+    if s.free_chunks + s.empty_run_chunks != s.chunks {
+        return Err(format!("chunks neither free nor in empty runs: {s:?}"));
+    }
+    // Capacity is never lost: every empty run (kept, or found on media) can be released.
+    heap.release_empty_runs(&pool)
+        .map_err(|e| format!("release empty runs: {e}"))?;
+    let after = heap.stats(&pool).map_err(|e| e.to_string())?;
+    if after.free_chunks != after.chunks {
+        return Err(format!("chunks held after releasing empty runs: {after:?}"));
     }
     Ok((words, live, s.chunks - s.free_chunks))
 }
