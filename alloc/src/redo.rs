@@ -1570,6 +1570,16 @@ impl Shared {
             if m == 0 || lines.is_some_and(|(_, mask)| m & mask == 0) {
                 continue;
             }
+            // A Bloom hit: compare the lines before registering (a locked instruction). A
+            // record read here that shares no line with ours is a log we need not help, or a
+            // newer one (then the older was resolved, its token published before this record,
+            // which the sequence lock's acquire makes visible to our 1d); no record or a
+            // resolved one, likewise (docs/REDO.md §6.3).
+            if let Some((mine, _)) = lines {
+                if !st.live().is_some_and(|log| live::overlap(mine, &log.lines)) {
+                    continue;
+                }
+            }
             // SeqCst, before reading the record: the owner's SeqCst load of `helpers` before
             // it writes a slot sees this registration, or this read sees the owner's newer
             // record (live.rs, LaneState::publish).
@@ -1589,6 +1599,15 @@ impl Shared {
         for h in out.iter() {
             pool.flush_lines(ctx, &h.log.lines);
         }
+    }
+
+    /// Whether another lane than `skip` has a live record whose Bloom mask meets `mask`
+    /// (so [`Shared::help`] may have something to do).
+    #[inline]
+    fn may_help(&self, skip: u32, mask: u64) -> bool {
+        lanes_in(&self.live_summary).any(|lane| {
+            lane != skip && self.lanes[lane as usize].mask.load(Ordering::Acquire) & mask != 0
+        })
     }
 
     /// The drain after [`Shared::help`] failed (the pool is poisoned): deregister without
@@ -2805,12 +2824,18 @@ impl LaneLog {
         // then sees (docs/REDO.md §6.3).
         let defer = sh.defer.get().defers(n);
         let own_record = me.mask.load(Ordering::Relaxed) != 0;
-        let others_live = sh.live_lanes.others(own_record);
+        // The Bloom mask of the lines this commit stores to (targets and extension): 1c and 1d
+        // compare it with other logs' masks.
+        let own_mask =
+            live::commit_mask(entries.iter().map(|e| e.target), ranges, ext_off, ext_len);
+        // 1c is needed only if another lane's live record meets our mask (an idle lane's live
+        // log that shares no Bloom bit with us costs one load of its mask).
+        let help = sh.live_lanes.others(own_record) && sh.may_help(lane, own_mask);
         // The lines this commit will store to (sorted, deduplicated): the live record of a
         // deferred commit, and what 1c compares with other lanes' records. Neither is needed
-        // by a commit that does not defer while no other lane has a live record.
+        // by a commit that does not defer and has no live log to compare with.
         self.scratch.lines.clear();
-        if defer || others_live {
+        if defer || help {
             for e in entries {
                 self.scratch.lines.push(e.target & !(CACHE_LINE - 1));
             }
@@ -2842,15 +2867,14 @@ impl LaneLog {
         let mut prev = None;
         let mut deferred_lines = 0;
         self.scratch.helped.clear();
-        if others_live {
+        if help {
             // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
             // invalidate them after the drain (before our values can outlive our log, §6.3).
-            let mask = live::mask_of(&self.scratch.lines);
             sh.help(
                 pool,
                 ctx,
                 Some(lane),
-                Some((&self.scratch.lines, mask)),
+                Some((&self.scratch.lines, own_mask)),
                 &mut self.scratch.helped,
             );
         }
@@ -2874,8 +2898,6 @@ impl LaneLog {
         // of live logs (ours of our previous log, a helper's) carry the mask `u64::MAX`: every
         // commit flushes them, since the commit that invalidates a log that helped them, or
         // overwrites its region, need not share a line with them (§6.3).
-        let own_mask =
-            live::commit_mask(entries.iter().map(|e| e.target), ranges, ext_off, ext_len);
         sh.flush_pending(
             pool,
             ctx,
