@@ -15,8 +15,9 @@
 //!   pool), model-checked with loom (`tests/loom_core.rs`, `--cfg loom`).
 //! * [`heap`]: the on-media format (geometry, chunk headers); [`classes`]: the size classes.
 //! * [`redo`]: the **lane redo log**: a word-granular, checksummed redo log per lane that makes
-//!   a set of 8-byte word updates atomic, with two drains per commit, and its recovery. Format
-//!   and crash argument: `docs/REDO.md`.
+//!   a set of 8-byte word updates and byte ranges atomic, with one drain per small commit
+//!   (deferred apply: every one in msync mode, those with word entries with cache flushes) or
+//!   two, and its recovery. Format and crash argument: `docs/REDO.md`.
 //!
 //! ```
 //! use pmstore_alloc::redo::{RedoEntry, RedoLogs};
@@ -35,6 +36,7 @@
 mod allocator;
 pub mod classes;
 mod crc;
+mod defer;
 mod error;
 pub mod heap;
 mod live;

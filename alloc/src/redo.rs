@@ -16,6 +16,8 @@
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::defer::{LiveCount, Policy};
+pub use crate::defer::DeferPolicy;
 use crate::live::{self, LaneState, LiveLog, MAX_LIVE_LINES};
 use std::sync::Arc;
 
@@ -170,6 +172,7 @@ impl From<(u64, u64)> for RedoEntry {
 ///
 /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
 /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
 /// let target = pool.geometry().root_offset;
 /// let mut lane = logs.lane(0).unwrap();
 /// let mut ctx = pool.flush_context();
@@ -1287,6 +1290,7 @@ pub struct RecoveryReport {
 ///
 /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
 /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
 /// let root = pool.geometry().root_offset;
 /// let mut lane = logs.lane(0).unwrap();
 /// let mut ctx = pool.flush_context();
@@ -1354,6 +1358,7 @@ impl CommitStats {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let mut lane = logs.lane(0).unwrap();
     /// let mut ctx = pool.flush_context();
     /// let root = pool.geometry().root_offset;
@@ -1387,14 +1392,14 @@ struct Shared {
     live_summary: Box<[AtomicU64]>,
     /// Whether lane `i`'s [`LaneLog`] is handed out.
     claimed: Box<[AtomicBool]>,
-    /// Whether small commits leave their values unflushed until the next commit (deferred
-    /// apply, one drain; `docs/REDO.md` §4): in msync and simulated modes. With cache flushes
-    /// a commit makes its values durable before it returns (two drains), which measured
-    /// faster there (§8). `PMSTORE_DEFER_APPLY=0|1` overrides;
-    /// [`RedoLogs::set_deferred_apply`] changes it.
-    defer: AtomicBool,
-    /// Whether any lane ever published a live record (until then no commit scans for them).
-    ever_live: AtomicBool,
+    /// Which small commits leave their values unflushed until the next commit (deferred
+    /// apply, one drain; `docs/REDO.md` §4): all in msync and simulated modes, those with
+    /// word entries with cache flushes (§8). `PMSTORE_DEFER_APPLY=0|1|words` overrides;
+    /// [`RedoLogs::set_defer_policy`] changes it.
+    defer: Policy,
+    /// Lanes with a non-empty live record: while no other lane has one, a commit neither
+    /// computes its sorted lines (unless it defers) nor scans for logs to help.
+    live_lanes: CachePadded<LiveCount>,
 }
 
 /// The lanes whose bit is set in the bitset `bits` (one bit per lane, 64 per word), each word
@@ -1565,6 +1570,16 @@ impl Shared {
             if m == 0 || lines.is_some_and(|(_, mask)| m & mask == 0) {
                 continue;
             }
+            // A Bloom hit: compare the lines before registering (a locked instruction). A
+            // record read here that shares no line with ours is a log we need not help, or a
+            // newer one (then the older was resolved, its token published before this record,
+            // which the sequence lock's acquire makes visible to our 1d); no record or a
+            // resolved one, likewise (docs/REDO.md §6.3).
+            if let Some((mine, _)) = lines {
+                if !st.live().is_some_and(|log| live::overlap(mine, &log.lines)) {
+                    continue;
+                }
+            }
             // SeqCst, before reading the record: the owner's SeqCst load of `helpers` before
             // it writes a slot sees this registration, or this read sees the owner's newer
             // record (live.rs, LaneState::publish).
@@ -1584,6 +1599,15 @@ impl Shared {
         for h in out.iter() {
             pool.flush_lines(ctx, &h.log.lines);
         }
+    }
+
+    /// Whether another lane than `skip` has a live record whose Bloom mask meets `mask`
+    /// (so [`Shared::help`] may have something to do).
+    #[inline]
+    fn may_help(&self, skip: u32, mask: u64) -> bool {
+        lanes_in(&self.live_summary).any(|lane| {
+            lane != skip && self.lanes[lane as usize].mask.load(Ordering::Acquire) & mask != 0
+        })
     }
 
     /// The drain after [`Shared::help`] failed (the pool is poisoned): deregister without
@@ -1606,10 +1630,13 @@ impl Shared {
             // SAFETY: the slot's header word, inside the pool; while we are registered the
             // owner does not write either of its slots (it waits for `helpers == 0`), and its
             // own invalidation store also writes 0.
-            let zeroed = unsafe { cas_word(pool, off, h.log.header_word, 0) };
-            if zeroed {
-                self.publish_token(h.lane, h.log.slot, h.log.seq, false, u64::MAX);
-            }
+            let _ = unsafe { cas_word(pool, off, h.log.header_word, 0) };
+            // The token, even if the compare-exchange found 0 (the only other value the word
+            // can hold while we are registered: its owner's invalidation): the owner may not
+            // have published its token yet, and a later commit of ours that invalidates our
+            // own log (which shares a line with this one) must find it (docs/REDO.md §6.3).
+            // A helper only fills an empty token with the same `seq`, and widens the mask.
+            self.publish_token(h.lane, h.log.slot, h.log.seq, false, u64::MAX);
             st.resolved.fetch_max(h.log.seq, Ordering::AcqRel);
             st.helpers.fetch_sub(1, Ordering::SeqCst);
         }
@@ -1626,6 +1653,7 @@ impl Shared {
 ///
 /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
 /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
 /// let other = logs.clone(); // shares the sequence counter and the lanes
 /// let mut lane = other.lane(3).unwrap();
 /// assert!(logs.lane(3).is_none()); // handed out
@@ -1783,6 +1811,7 @@ fn outside(start: u64, end: u64, holes: &[(u64, u64)], mut f: impl FnMut(u64, u6
 ///
 /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
 /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
 /// let mut ctx = pool.flush_context();
 /// let root = pool.geometry().root_offset;
 /// {
@@ -1828,6 +1857,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let root = pool.geometry().root_offset;
     /// let mut ctx = pool.flush_context();
     /// // Crash after the commit point (the first drain), before the values are durable: at
@@ -2017,8 +2047,8 @@ impl RedoLogs {
                 summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 live_summary: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
-                defer: AtomicBool::new(defer_apply(pool.persistence())),
-                ever_live: AtomicBool::new(false),
+                defer: Policy::new(DeferPolicy::for_mode(pool.persistence())),
+                live_lanes: CachePadded::new(LiveCount::new()),
             }),
         };
         Ok((logs, report))
@@ -2039,6 +2069,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let lane = logs.lane(5).unwrap();
     /// assert!(logs.lane(5).is_none());
     /// drop(lane);
@@ -2069,6 +2100,7 @@ impl RedoLogs {
     /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).lanes(8, 4096);
     /// let (mut pool, _sim) = Pool::create_simulated(&opts)?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// assert_eq!(logs.lane_count(), 8);
     /// # Ok(())
     /// # }
@@ -2087,6 +2119,7 @@ impl RedoLogs {
     /// let opts = CreateOptions::new("doc", MIN_POOL_SIZE).lanes(8, 4096);
     /// let (mut pool, _sim) = Pool::create_simulated(&opts)?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// assert_eq!(logs.layout().capacity(), REDO_CAPACITY);
     /// assert_eq!(logs.layout().log_offset(0), pool.geometry().lanes_offset);
     /// # Ok(())
@@ -2105,6 +2138,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// assert_eq!(logs.next_seq(), 1);
     /// let mut lane = logs.lane(0).unwrap();
     /// let mut ctx = pool.flush_context();
@@ -2131,6 +2165,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let mut ctx = pool.flush_context();
     /// let root = pool.geometry().root_offset;
     /// let (mut a, mut b) = (logs.lane(0).unwrap(), logs.lane(1).unwrap());
@@ -2166,6 +2201,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let mut ctx = pool.flush_context();
     /// let root = pool.geometry().root_offset;
     /// let mut lane = logs.lane(0).unwrap();
@@ -2190,10 +2226,9 @@ impl RedoLogs {
         v
     }
 
-    /// Whether small commits defer making their values durable to the lane's next commit
-    /// (one drain per commit instead of two; `docs/REDO.md` §4): by default in msync and
-    /// simulated modes, not with cache flushes (§8); `PMSTORE_DEFER_APPLY=0|1` at recovery
-    /// overrides the default.
+    /// Whether some small commits defer making their values durable to the lane's next commit
+    /// (one drain per commit instead of two; `docs/REDO.md` §4): the policy is not
+    /// [`DeferPolicy::Never`] (see [`RedoLogs::defer_policy`]).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -2202,6 +2237,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// logs.set_deferred_apply(false);
     /// assert!(!logs.deferred_apply());
     /// let mut ctx = pool.flush_context();
@@ -2214,11 +2250,53 @@ impl RedoLogs {
     /// # }
     /// ```
     pub fn deferred_apply(&self) -> bool {
-        self.shared.defer.load(Ordering::Relaxed)
+        self.defer_policy() != DeferPolicy::Never
     }
 
-    /// Turns deferred apply on or off for the commits that start afterwards
-    /// ([`RedoLogs::deferred_apply`]). Live logs left by earlier commits are still made
+    /// Which commits defer their apply: by default [`DeferPolicy::Always`] in msync mode and
+    /// in the simulated domain, [`DeferPolicy::Words`] with cache flushes;
+    /// `PMSTORE_DEFER_APPLY=1|0|words` at recovery overrides the default
+    /// ([`DeferPolicy::for_mode`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{DeferPolicy, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// assert_eq!(logs.defer_policy(), DeferPolicy::for_mode(pool.persistence()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn defer_policy(&self) -> DeferPolicy {
+        self.shared.defer.get()
+    }
+
+    /// Sets which commits defer their apply, for the commits that start afterwards
+    /// ([`RedoLogs::defer_policy`]). Live logs left by earlier commits are still made durable
+    /// by their lane's next commit (or a helper, or [`RedoLogs::sync_invalidations`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pmstore_alloc::pool::{CreateOptions, Pool, MIN_POOL_SIZE};
+    /// use pmstore_alloc::redo::{DeferPolicy, RedoLogs};
+    ///
+    /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
+    /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
+    /// logs.set_defer_policy(DeferPolicy::Words);
+    /// assert_eq!(logs.defer_policy(), DeferPolicy::Words);
+    /// assert!(logs.deferred_apply());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_defer_policy(&self, policy: DeferPolicy) {
+        self.shared.defer.set(policy);
+    }
+
+    /// Turns deferred apply on ([`DeferPolicy::Always`]) or off ([`DeferPolicy::Never`]) for
+    /// the commits that start afterwards ([`RedoLogs::deferred_apply`]). Live logs left by earlier commits are still made
     /// durable by their lane's next commit (or a helper, or
     /// [`RedoLogs::sync_invalidations`]).
     ///
@@ -2229,6 +2307,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// assert!(logs.deferred_apply()); // the simulated domain defers
     /// logs.set_deferred_apply(false);
     /// assert!(!logs.deferred_apply());
@@ -2236,7 +2315,11 @@ impl RedoLogs {
     /// # }
     /// ```
     pub fn set_deferred_apply(&self, on: bool) {
-        self.shared.defer.store(on, Ordering::Relaxed);
+        self.set_defer_policy(if on {
+            DeferPolicy::Always
+        } else {
+            DeferPolicy::Never
+        });
     }
 
     /// Number of lanes with a live log (see [`RedoLogs::live_lines`]).
@@ -2248,6 +2331,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let mut ctx = pool.flush_context();
     /// let root = pool.geometry().root_offset;
     /// let mut lane = logs.lane(1).unwrap();
@@ -2287,6 +2371,7 @@ impl RedoLogs {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let mut ctx = pool.flush_context();
     /// let root = pool.geometry().root_offset;
     /// let mut lane = logs.lane(0).unwrap();
@@ -2335,6 +2420,7 @@ impl RedoLogs {
 ///
 /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
 /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
 /// let root = pool.geometry().root_offset;
 /// let mut lane = logs.lane(0).unwrap();
 /// let mut ctx = pool.flush_context();
@@ -2395,6 +2481,7 @@ impl Drop for LaneLog {
 ///
 /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
 /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+/// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
 /// let root = pool.geometry().root_offset;
 /// let mut lane = logs.lane(0).unwrap();
 /// let mut ctx = pool.flush_context();
@@ -2416,6 +2503,7 @@ impl LaneLog {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// assert_eq!(logs.lane(7).unwrap().lane(), 7);
     /// # Ok(())
     /// # }
@@ -2433,6 +2521,7 @@ impl LaneLog {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let lane = logs.lane(2).unwrap();
     /// assert_eq!(lane.offset(), pool.geometry().lane_offset(2));
     /// # Ok(())
@@ -2451,6 +2540,7 @@ impl LaneLog {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let lane = logs.lane(0).unwrap();
     /// assert_eq!(lane.capacity(), ((8 << 10) - 64) / 16); // half of a default 16 KiB lane
     /// # Ok(())
@@ -2482,6 +2572,7 @@ impl LaneLog {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let root = pool.geometry().root_offset;
     /// let mut lane = logs.lane(0).unwrap();
     /// let mut ctx = pool.flush_context();
@@ -2565,6 +2656,7 @@ impl LaneLog {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let root = pool.geometry().root_offset;
     /// let mut lane = logs.lane(0).unwrap();
     /// let mut ctx = pool.flush_context();
@@ -2630,6 +2722,7 @@ impl LaneLog {
     ///
     /// let (mut pool, _sim) = Pool::create_simulated(&CreateOptions::new("doc", MIN_POOL_SIZE))?;
     /// let (logs, _) = RedoLogs::recover(&mut pool)?;
+    /// # logs.set_deferred_apply(true); // as the simulated domain by default (whatever PMSTORE_DEFER_APPLY says)
     /// let (area, _) = logs.layout().extension_area();
     /// // Here nothing else uses the heap's data area: take its first 16 KiB as the extension
     /// // (with a `Heap`, reserve a block instead) and store 16 KiB after it.
@@ -2723,14 +2816,26 @@ impl LaneLog {
         let prev_slot = 1 - slot;
         let off = sh.layout.slot_offset(lane, slot);
 
-        // Without deferral (cache-flush modes) no lane has a live log, unless deferral was
-        // on earlier: then nothing to wait for, help or flush from a previous commit, and this
-        // commit's lines are not needed.
-        let defer = sh.defer.load(Ordering::Relaxed);
-        let live = defer || sh.ever_live.load(Ordering::Acquire);
-        // The lines this commit will store to (sorted, deduplicated) and their Bloom mask.
+        // Whether this commit may defer (the policy: every commit, or those with words), and
+        // whether another lane may have a live log to help (1c; our own record, non-empty iff
+        // its mask is not 0, is ours alone to change, and so is our part of the count). A live
+        // log sharing a line with this commit was counted before this commit started, and a
+        // count without it was stored after its invalidation's token was published, which 1d
+        // then sees (docs/REDO.md §6.3).
+        let defer = sh.defer.get().defers(n);
+        let own_record = me.mask.load(Ordering::Relaxed) != 0;
+        // The Bloom mask of the lines this commit stores to (targets and extension): 1c and 1d
+        // compare it with other logs' masks.
+        let own_mask =
+            live::commit_mask(entries.iter().map(|e| e.target), ranges, ext_off, ext_len);
+        // 1c is needed only if another lane's live record meets our mask (an idle lane's live
+        // log that shares no Bloom bit with us costs one load of its mask).
+        let help = sh.live_lanes.others(own_record) && sh.may_help(lane, own_mask);
+        // The lines this commit will store to (sorted, deduplicated): the live record of a
+        // deferred commit, and what 1c compares with other lanes' records. Neither is needed
+        // by a commit that does not defer and has no live log to compare with.
         self.scratch.lines.clear();
-        if live {
+        if defer || help {
             for e in entries {
                 self.scratch.lines.push(e.target & !(CACHE_LINE - 1));
             }
@@ -2751,28 +2856,29 @@ impl LaneLog {
 
         // 1a. No helper of this lane may still be at work on a log it read earlier: it
         // compare-exchanges that log's header word, which the slot we write may hold.
-        // (SeqCst: pairs with the helpers' registration, live.rs.)
-        if live {
-            while me.helpers.load(Ordering::SeqCst) != 0 {
-                crate::primitive::yield_now();
-            }
+        // (SeqCst: pairs with the helpers' registration, live.rs. A plain load on x86; done
+        // whatever our record says now: a helper registered on an earlier one may not be done.)
+        while me.helpers.load(Ordering::SeqCst) != 0 {
+            crate::primitive::yield_now();
         }
         // Every locked instruction of the commit comes before its first flush: a locked
         // instruction waits for the write-backs in flight (REDO.md §8).
         let seq = sh.seq.fetch_add(1, Ordering::Relaxed);
         let mut prev = None;
         let mut deferred_lines = 0;
-        if live {
+        self.scratch.helped.clear();
+        if help {
             // 1c. Other lanes' live logs sharing a line with this commit: flush their values,
             // invalidate them after the drain (before our values can outlive our log, §6.3).
-            let mask = live::mask_of(&self.scratch.lines);
             sh.help(
                 pool,
                 ctx,
                 Some(lane),
-                Some((&self.scratch.lines, mask)),
+                Some((&self.scratch.lines, own_mask)),
                 &mut self.scratch.helped,
             );
+        }
+        if own_record {
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
             prev = me.own_live();
@@ -2784,18 +2890,14 @@ impl LaneLog {
         let helped_lines: usize = self.scratch.helped.iter().map(|h| h.log.lines.len()).sum();
         let helped_count = self.scratch.helped.len();
         // 1d. Pending invalidations of every log region but the one we overwrite (our
-        // header replaces it): this commit's values must not outlive its log while an older
-        // log sharing a word may still be valid (§6.3), whatever lane it is in.
-        // Without live logs (the cache-flush modes) only the invalidations of logs that may
-        // share a line with this one (Bloom masks: the targets and the extension): a commit
+        // header replaces it) whose log may share a line with this one (Bloom masks: the
+        // targets and the extension): this commit's values must not outlive its log while an
+        // older log sharing a word may still be valid (§6.3), whatever lane it is in. A commit
         // touching other objects than another lane's last one leaves that lane's header line
-        // alone, so threads on disjoint objects do not pull each other's lines. With live logs
-        // every one, as the deferred protocol's argument assumes (§6.3).
-        let own_mask = if live {
-            u64::MAX
-        } else {
-            live::commit_mask(entries.iter().map(|e| e.target), ranges, ext_off, ext_len)
-        };
+        // alone, so threads on disjoint objects do not pull each other's lines. Invalidations
+        // of live logs (ours of our previous log, a helper's) carry the mask `u64::MAX`: every
+        // commit flushes them, since the commit that invalidates a log that helped them, or
+        // overwrites its region, need not share a line with them (§6.3).
         sh.flush_pending(
             pool,
             ctx,
@@ -2974,8 +3076,8 @@ impl LaneLog {
             };
             me.publish(Some(&log));
             Shared::set_bit(&sh.live_summary, lane);
-            if !sh.ever_live.load(Ordering::Relaxed) {
-                sh.ever_live.store(true, Ordering::Release);
+            if !own_record {
+                sh.live_lanes.add();
             }
         } else {
             // 5'. A large log or one with an extension: make the values durable now (drain
@@ -3005,12 +3107,15 @@ impl LaneLog {
             }
             drains = 2;
             target_lines += self.scratch.plain.len() + nt_lines;
-            if prev.is_some() {
-                me.publish(None);
-            }
             // SAFETY: our slot's header word, as in step 2.
             unsafe { store_word(pool, off, 0) };
             sh.publish_token(lane, slot, seq, true, own_mask);
+            if own_record {
+                // Our record (the previous log, invalidated after drain #1, its token
+                // published; or a log a helper resolved) is cleared, then uncounted.
+                me.publish(None);
+                sh.live_lanes.remove();
+            }
         }
         // The next commit writes the other region only if this log is live (its values not
         // yet durable); an invalidated log's region is reused, so that its pending
@@ -3210,18 +3315,6 @@ fn stage_log(
     let checksum = crate::crc::crc32c_append(0, &buf[CRC_START..end]);
     buf[..CRC_START].copy_from_slice(&checksum.to_le_bytes());
     (total, checksum)
-}
-
-/// Whether commits defer making their values durable in `mode` (`Shared::defer`).
-fn defer_apply(mode: pmstore_pool::PersistMode) -> bool {
-    match std::env::var("PMSTORE_DEFER_APPLY").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => !matches!(
-            mode,
-            pmstore_pool::PersistMode::ForcedFlush | pmstore_pool::PersistMode::MapSync
-        ),
-    }
 }
 
 /// Compare-exchanges the 8-byte word at pool offset `offset` from `old` to `new`; whether it

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pmstore_alloc::redo::{
-    encode_log, RedoEntry, RedoLayout, RedoLogs, REDO_CAPACITY, REDO_HEADER_SIZE, REDO_LOG_SIZE,
+    encode_log, DeferPolicy, RedoEntry, RedoLayout, RedoLogs, RedoRange, REDO_CAPACITY,
+    REDO_HEADER_SIZE, REDO_LOG_SIZE,
 };
 use pmstore_alloc::{AllocError, CorruptReason, TargetError};
 use pmstore_pool::{CreateOptions, ModeRequest, OpenOptions, Pool, MIN_POOL_SIZE};
@@ -1083,4 +1084,169 @@ fn two_lanes_with_filtered_pending_invalidations_recover_at_every_drain() {
         &b.1[..b.1.len().min(5)]
     );
     assert!(b.0 >= 2 * ops.len(), "only {} images", b.0);
+}
+
+/// One commit of [`mixed_commits_recover_at_every_drain`]: through `lane`, word entries
+/// `(word index, value)` and ranges `(first word index, words, value)` over consecutive words.
+struct MixedOp {
+    lane: usize,
+    words: Vec<(usize, u64)>,
+    ranges: Vec<(usize, usize, u64)>,
+}
+
+fn mixed(lane: usize, words: &[(usize, u64)], ranges: &[(usize, usize, u64)]) -> MixedOp {
+    MixedOp {
+        lane,
+        words: words.to_vec(),
+        ranges: ranges.to_vec(),
+    }
+}
+
+/// Crashes at every drain of a two-lane sequence of word commits (deferred under
+/// `DeferPolicy::Words`) and range-only commits (not deferred) that overlap each other within
+/// and across lanes (helping, a live log followed by a non-deferred commit of the same lane,
+/// and the other way round), plus disjoint ones; every image must recover to the state
+/// before or after the commit in progress.
+fn mixed_commits_recover_at_every_drain(policy: DeferPolicy) {
+    let (mut pool, sim) =
+        Pool::create_simulated(&CreateOptions::new(LAYOUT, MIN_POOL_SIZE)).unwrap();
+    let (logs, _) = RedoLogs::recover(&mut pool).unwrap();
+    logs.set_defer_policy(policy);
+    let h = heap(&pool);
+    // Words 0..8 spread over lines (0, 1 share a line; so do 4, 5), then 8..16: one whole line.
+    let w: Vec<u64> = [0u64, 8, 4096, 8192, 12288, 12296, 16384, 20480]
+        .iter()
+        .map(|o| h + o)
+        .chain((0..8).map(|j| h + 24576 + 8 * j))
+        .collect();
+    let ops = vec![
+        mixed(0, &[(0, 1)], &[]),               // lane 0: live (words)
+        mixed(1, &[], &[(0, 2, 2)]),            // range over lane 0's live line: helps it
+        mixed(1, &[(2, 3)], &[]),               // live after a non-deferred commit
+        mixed(0, &[], &[(8, 8, 4)]),            // lane 0: whole line, own record cleared
+        mixed(0, &[(3, 5)], &[(10, 2, 5)]),     // words and a range: deferred
+        mixed(1, &[], &[(2, 1, 6), (12, 1, 6)]), // own live log (word 2) and lane 0's (line)
+        mixed(1, &[(6, 7)], &[]),               // disjoint
+        mixed(0, &[(7, 8)], &[]),               // disjoint, both lanes live
+        mixed(0, &[], &[(4, 2, 9)]),            // range-only, other lane live and disjoint
+        mixed(1, &[(4, 10), (6, 10)], &[]),     // words over lane 0's last (non-deferred) log
+        mixed(0, &[], &[(6, 1, 11), (8, 8, 11)]), // helps lane 1
+        mixed(1, &[], &[(0, 1, 12)]),           // lane 1 clears its record
+        mixed(0, &[(1, 13)], &[]),              // over lane 1's last range
+        mixed(1, &[(1, 14)], &[(15, 1, 14)]),   // helps lane 0, deferred
+        mixed(0, &[], &[(3, 1, 15)]),           // range-only while lane 1 is live
+        mixed(1, &[], &[(9, 2, 16)]),           // range-only, own live log
+    ];
+    let mut states = vec![vec![0u64; w.len()]];
+    for op in &ops {
+        let mut s = states.last().unwrap().clone();
+        for &(i, v) in &op.words {
+            s[i] = v;
+        }
+        for &(i, k, v) in &op.ranges {
+            s[i..i + k].fill(v);
+        }
+        states.push(s);
+    }
+    let current = Arc::new(Mutex::new(0usize));
+    let bad = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
+    let hook = {
+        let (current, bad, states, w) = (
+            Arc::clone(&current),
+            Arc::clone(&bad),
+            states.clone(),
+            w.clone(),
+        );
+        move |cp: &pmstore_pool::sim::CrashPoint<'_>| {
+            let k = *current.lock().unwrap();
+            for img in cp.images(7, 32, 11) {
+                let (mut p, _) = Pool::open_simulated(&img, &OpenOptions::new(LAYOUT)).unwrap();
+                let got = match RedoLogs::recover(&mut p) {
+                    Ok(_) => w.iter().map(|&t| read_word(&p, t)).collect::<Vec<_>>(),
+                    Err(e) => {
+                        bad.lock().unwrap().1.push(format!("op {k}: recovery: {e}"));
+                        continue;
+                    }
+                };
+                let mut b = bad.lock().unwrap();
+                b.0 += 1;
+                if got != states[k] && got != states[k + 1] {
+                    b.1.push(format!(
+                        "op {k} (drain {}): {got:?}, expected {:?} or {:?}",
+                        cp.drain,
+                        states[k],
+                        states[k + 1]
+                    ));
+                }
+            }
+        }
+    };
+    let mut lanes = [logs.lane(0).unwrap(), logs.lane(1).unwrap()];
+    let mut ctx = pool.flush_context();
+    let mut drains = Vec::new();
+    sim.set_crash_hook(hook);
+    for (k, op) in ops.iter().enumerate() {
+        *current.lock().unwrap() = k;
+        let entries: Vec<RedoEntry> = op
+            .words
+            .iter()
+            .map(|&(i, v)| RedoEntry::new(w[i], v))
+            .collect();
+        let data: Vec<Vec<u8>> = op
+            .ranges
+            .iter()
+            .map(|&(_, n, v)| (0..n).flat_map(|_| v.to_le_bytes()).collect())
+            .collect();
+        let ranges: Vec<RedoRange<'_>> = op
+            .ranges
+            .iter()
+            .zip(&data)
+            .map(|(&(i, _, _), d)| RedoRange {
+                target: w[i],
+                data: d,
+            })
+            .collect();
+        // SAFETY: single-threaded: this thread owns every target; one RedoLogs.
+        let s = unsafe { lanes[op.lane].commit_ops(&pool, &mut ctx, &entries, &ranges) }.unwrap();
+        drains.push(s.drains);
+    }
+    sim.clear_crash_hook();
+    let b = bad.lock().unwrap();
+    assert!(
+        b.1.is_empty(),
+        "{} bad images: {:#?}",
+        b.1.len(),
+        &b.1[..b.1.len().min(5)]
+    );
+    assert!(b.0 >= 2 * ops.len(), "only {} images", b.0);
+    // The policy decided per commit: one drain for the deferred ones, two for the others.
+    let expect: Vec<usize> = ops
+        .iter()
+        .map(|op| match policy {
+            DeferPolicy::Never => 2,
+            DeferPolicy::Always => 1,
+            DeferPolicy::Words => 2 - usize::from(!op.words.is_empty()),
+        })
+        .collect();
+    assert_eq!(drains, expect);
+    // A crash after the last commit (its log may be live) recovers to the last state.
+    drop(lanes);
+    let images: Vec<Vec<u8>> = sim.with_crash_point(|cp| cp.images(7, 32, 13).collect());
+    for img in images {
+        let (mut p, _) = Pool::open_simulated(&img, &OpenOptions::new(LAYOUT)).unwrap();
+        RedoLogs::recover(&mut p).unwrap();
+        let got: Vec<u64> = w.iter().map(|&t| read_word(&p, t)).collect();
+        assert_eq!(&got, states.last().unwrap());
+    }
+}
+
+#[test]
+fn mixed_deferred_and_non_deferred_commits_recover_at_every_drain() {
+    mixed_commits_recover_at_every_drain(DeferPolicy::Words);
+}
+
+#[test]
+fn mixed_commit_sequence_recovers_at_every_drain_deferring_all_or_none() {
+    mixed_commits_recover_at_every_drain(DeferPolicy::Always);
+    mixed_commits_recover_at_every_drain(DeferPolicy::Never);
 }

@@ -24,7 +24,7 @@
 //!     r.head = node;
 //!     r.count += 1;
 //!     Ok::<_, TxError>(())
-//! })?;                                        // durable here: one redo log, two drains
+//! })?;                                        // durable here: one redo log
 //! let count = pool.read(|tx| Ok::<_, TxError>(tx.get(pfield!(root, Root, count))?.clone()))?;
 //! assert_eq!(count, 1);
 //! # Ok::<(), TxError>(())
@@ -54,12 +54,12 @@
 //! go into **one redo log** in the committing thread's lane, together with the allocator's
 //! bitmap and chunk-header updates for the transaction's allocations and frees. The log is
 //! checksummed (CRC-32C) and sequence-numbered, so it needs no zeroing pass: drain #1 makes it
-//! durable (the commit point). With cache flushes the values are then stored (non-temporal
-//! stores for whole lines) and drain #2 makes them durable: **two drains per transaction
-//! whatever it contains**, one flush per modified cache line. In msync mode a small
-//! transaction's values are stored with ordinary stores and made durable by the lane's next
-//! commit (deferred apply): **one `msync` per transaction** (formats: `docs/REDO.md`; design:
-//! `docs/TX.md`).
+//! durable (the commit point). With cache flushes the values of a transaction that neither
+//! allocates nor frees are then stored (non-temporal stores for whole lines) and drain #2 makes
+//! them durable: **two drains**, one flush per modified cache line. A small transaction that
+//! allocates or frees, and in msync mode every small transaction, has its values stored with
+//! ordinary stores and made durable by the lane's next commit (deferred apply): **one drain,
+//! one `msync`** (formats: `docs/REDO.md`; design: `docs/TX.md`).
 //!
 //! A forgotten snapshot cannot happen: there is no way to obtain `&mut` into pool memory.
 //!

@@ -331,6 +331,7 @@ impl Pool {
     /// let opts = CreateOptions::new("my-app", 8 << 20).mode(ModeRequest::Msync);
     /// let pool = Pool::create(dir.path().join("app.pool"), &opts)?;
     /// let root = pool.root::<[u64; 4]>()?;
+    /// # pool.heap().redo_logs().set_deferred_apply(true); // msync mode's default, whatever PMSTORE_DEFER_APPLY says
     /// let before = pool.counters();
     /// pool.transaction(|tx| {
     ///     tx.get_mut(root)?[0] += 1;

@@ -103,7 +103,8 @@ pub struct CommitInfo {
 ///   snapshot to forget and nothing to roll back.
 /// * Commit writes one redo log holding the modified words of every shadow and the
 ///   allocator's updates for its allocations and frees, then applies it: all or nothing
-///   across crashes, with two drains (one in msync mode: deferred apply, `docs/REDO.md` §4).
+///   across crashes, with two drains (one in msync mode, and with cache flushes for a small
+///   commit that allocates or frees: deferred apply, `docs/REDO.md` §4).
 /// * Locks are held until the transaction ends (strict two-phase locking): transactions are
 ///   serializable.
 ///

@@ -398,8 +398,9 @@ fn nested_success_merges_into_the_outer_commit() {
         .unwrap();
     let d = pool.counters() - c0;
     assert_eq!(
-        d.drains, 2,
-        "one commit (two drains with cache flushes) for the outer and inner transactions"
+        d.drains,
+        commit_drains(&pool, true),
+        "one commit (two drains unless it defers) for the outer and inner transactions"
     );
     let info = pool.last_commit();
     assert_eq!((info.allocs, info.frees, info.logged), (2, 0, true));
@@ -1009,6 +1010,17 @@ fn out_of_space_changes_nothing_and_frees_make_room() {
 // ---------------------------------------------------------------------------------------------
 // Cost
 
+/// Drains of a small commit (with word entries or not) under the pool's deferral policy: 1 if
+/// it defers, else 2 (`REDO.md` §4).
+fn commit_drains(pool: &Pool, words: bool) -> u64 {
+    let policy = pool.heap().redo_logs().defer_policy();
+    if policy.defers(usize::from(words)) {
+        1
+    } else {
+        2
+    }
+}
+
 /// A pool with the root and one warm-up commit (so this thread's lane has committed once and
 /// no other lane's invalidation is pending).
 fn warm(dir: &Path, mode: ModeRequest) -> (Pool, PPtr<Root>) {
@@ -1028,8 +1040,8 @@ fn commit_costs_in_forced_flush_mode() {
     let (pool, root) = warm(dir.path(), ModeRequest::Flush);
     let (a, b) = two_objects(&pool, root);
 
-    // One u64: 2 drains (cache flushes: the commit makes its values durable itself, REDO.md
-    // §4); lines written back (flushed, or written with non-temporal stores) = the log's
+    // One u64: 2 drains (cache flushes: a range-only commit makes its values durable itself,
+    // REDO.md §4; unless PMSTORE_DEFER_APPLY=1); lines written back (flushed, or written with non-temporal stores) = the log's
     // lines + the data line. The range is the changed word (8 bytes: 3 lines in all, header +
     // one body line + data) or, since c9f0dce, its whole line (64 bytes: 4 lines, the body
     // being 16 + 64 bytes).
@@ -1046,7 +1058,7 @@ fn commit_costs_in_forced_flush_mode() {
     .unwrap();
     let d = pool.counters() - c0;
     let info = pool.last_commit();
-    assert_eq!(d.drains, 2, "{d:?}");
+    assert_eq!(d.drains, commit_drains(&pool, false), "{d:?}");
     assert_eq!(
         (info.ranges, info.allocs, info.frees, info.logged),
         (1, 0, 0, true)
@@ -1069,7 +1081,7 @@ fn commit_costs_in_forced_flush_mode() {
     })
     .unwrap();
     let d = pool.counters() - c0;
-    assert_eq!(d.drains, 2, "{d:?}");
+    assert_eq!(d.drains, commit_drains(&pool, false), "{d:?}");
     assert_eq!((pool.last_commit(), written_lines(d)), one);
 
     // Nothing changed: no drain, nothing flushed, no log.
@@ -1093,7 +1105,8 @@ fn commit_costs_in_forced_flush_mode() {
     );
     assert_eq!(pool.last_commit(), CommitInfo::default(), "no log written");
 
-    // Alloc + link: 2 drains.
+    // Alloc + link: 2 drains, or 1 where commits with words defer (the default with cache
+    // flushes, REDO.md §4).
     let c0 = pool.counters();
     let n = pool
         .transaction(|tx| {
@@ -1105,7 +1118,7 @@ fn commit_costs_in_forced_flush_mode() {
             Ok::<_, TxError>(n)
         })
         .unwrap();
-    assert_eq!((pool.counters() - c0).drains, 2);
+    assert_eq!((pool.counters() - c0).drains, commit_drains(&pool, true));
     let info = pool.last_commit();
     // The root's head word and the new node (whole) are logged, possibly widened to their
     // lines (new blocks written directly, not logged, lost their contents in crash images:
@@ -1200,12 +1213,8 @@ fn commit_costs_in_msync_mode() {
     .unwrap();
     let d = pool.counters() - c0;
     // Msync mode defers: one drain, one msync of the log's and the previous commit's pages
-    // (unless PMSTORE_DEFER_APPLY=0: two, each one msync).
-    let drains = if pool.heap().redo_logs().deferred_apply() {
-        1
-    } else {
-        2
-    };
+    // (unless PMSTORE_DEFER_APPLY=0 or =words: two, each one msync).
+    let drains = commit_drains(&pool, false);
     assert_eq!(d.drains, drains, "{d:?}");
     assert_eq!(d.msync_calls, drains, "{d:?}");
     println!("msync mode, one u64: {d:?}");
