@@ -194,6 +194,15 @@ impl LaneState {
         self.snapshot().filter(|log| !self.is_resolved(log))
     }
 
+    /// Anyone: whether the record's current log (if any) was resolved by a helper, read
+    /// without a snapshot of the record (two loads). A log that a commit must help was
+    /// published before that commit started (`docs/REDO.md` §6.3), so the commit reads its
+    /// `seq` or a newer one here: a record being replaced concurrently reads as resolved only
+    /// if the log it replaces was, and the new one is not one the reader must help.
+    pub(crate) fn current_resolved(&self) -> bool {
+        self.seq.load(Ordering::Acquire) <= self.resolved.load(Ordering::Acquire)
+    }
+
     fn is_resolved(&self, log: &LiveLog) -> bool {
         log.seq <= self.resolved.load(Ordering::Acquire)
     }

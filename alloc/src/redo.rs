@@ -58,6 +58,11 @@ const STAGE: usize = 4096;
 
 /// Most word entries (and ranges) of a commit whose words go with non-temporal stores.
 const STREAM_WORDS_MAX: usize = 16;
+/// A commit whose Bloom mask meets another lane's live log older than this many commits of the
+/// pool helps it even if they share no line (§4 1c): a lane whose thread stopped committing
+/// would otherwise keep its log live, and every later commit meeting its mask would read the
+/// record. An active lane's log is replaced long before (its next commit).
+const IDLE_HELP_AGE: u64 = 256;
 /// ... except that range data of this size or more is written straight from the caller's
 /// slice (its whole lines; the partial lines at its ends go through the staging buffer).
 const DIRECT_MIN: usize = 512;
@@ -1557,17 +1562,29 @@ impl Shared {
         pool: &Pool,
         ctx: &mut FlushContext,
         skip: Option<u32>,
-        lines: Option<(&[u64], u64)>,
+        lines: Option<(&[u64], u64, u64)>,
         out: &mut Vec<Helped>,
     ) {
         out.clear();
+        // Whether a commit (`lines`: its sorted lines, Bloom mask and sequence number) helps
+        // `log`: if they share a line (needed, §6.3), or if the log is idle — older than
+        // IDLE_HELP_AGE commits of the pool — and the masks met (not needed, but resolving
+        // it once saves every later commit whose mask meets it a snapshot of the record: an
+        // idle lane's live log, e.g. of a thread that stopped committing, stays live until
+        // someone helps it). Any live log may be helped: sync_invalidations helps them all.
+        let wanted = |log: &LiveLog| {
+            lines.map_or(true, |(mine, _, seq)| {
+                live::overlap(mine, &log.lines) || seq.saturating_sub(log.seq) >= IDLE_HELP_AGE
+            })
+        };
         for lane in lanes_in(&self.live_summary) {
             if Some(lane) == skip {
                 continue;
             }
             let st = &self.lanes[lane as usize];
             let m = st.mask.load(Ordering::Acquire);
-            if m == 0 || lines.is_some_and(|(_, mask)| m & mask == 0) {
+            if m == 0 || lines.is_some_and(|(_, mask, _)| m & mask == 0) || st.current_resolved()
+            {
                 continue;
             }
             // A Bloom hit: compare the lines before registering (a locked instruction). A
@@ -1575,18 +1592,14 @@ impl Shared {
             // newer one (then the older was resolved, its token published before this record,
             // which the sequence lock's acquire makes visible to our 1d); no record or a
             // resolved one, likewise (docs/REDO.md §6.3).
-            if let Some((mine, _)) = lines {
-                if !st.live().is_some_and(|log| live::overlap(mine, &log.lines)) {
-                    continue;
-                }
+            if lines.is_some() && !st.live().is_some_and(|log| wanted(&log)) {
+                continue;
             }
             // SeqCst, before reading the record: the owner's SeqCst load of `helpers` before
             // it writes a slot sees this registration, or this read sees the owner's newer
             // record (live.rs, LaneState::publish).
             st.helpers.fetch_add(1, Ordering::SeqCst);
-            let keep = st
-                .live()
-                .filter(|log| lines.map_or(true, |(mine, _)| live::overlap(mine, &log.lines)));
+            let keep = st.live().filter(|log| wanted(log));
             match keep {
                 Some(log) => out.push(Helped { lane, log }),
                 None => {
@@ -1606,7 +1619,8 @@ impl Shared {
     #[inline]
     fn may_help(&self, skip: u32, mask: u64) -> bool {
         lanes_in(&self.live_summary).any(|lane| {
-            lane != skip && self.lanes[lane as usize].mask.load(Ordering::Acquire) & mask != 0
+            let st = &self.lanes[lane as usize];
+            lane != skip && st.mask.load(Ordering::Acquire) & mask != 0 && !st.current_resolved()
         })
     }
 
@@ -2874,7 +2888,7 @@ impl LaneLog {
                 pool,
                 ctx,
                 Some(lane),
-                Some((&self.scratch.lines, own_mask)),
+                Some((&self.scratch.lines, own_mask, seq)),
                 &mut self.scratch.helped,
             );
         }

@@ -404,6 +404,37 @@ fn without_live_logs_only_overlapping_pending_invalidations_are_flushed() {
 }
 
 #[test]
+fn an_idle_live_log_is_helped_once_when_old_by_a_commit_meeting_its_mask() {
+    let (_dir, path) = scratch();
+    let mut pool = create(&path, ModeRequest::Flush);
+    let (logs, _) = RedoLogs::recover(&mut pool).unwrap();
+    logs.set_deferred_apply(true);
+    let (mut a, mut b) = (logs.lane(0).unwrap(), logs.lane(7).unwrap());
+    let mut ctx = pool.flush_context();
+    let h = heap(&pool);
+    // a's log stays live: its lane never commits again (a thread that stopped committing).
+    // SAFETY: single-threaded: this thread owns the targets; one RedoLogs.
+    let s = unsafe { a.commit(&pool, &mut ctx, &[e(h, 1)]) }.unwrap();
+    assert_eq!(s.drains, 1);
+    // b commits to other lines, one each. Its commits whose Bloom mask meets a's (1 line in 64)
+    // need not help a's log (no shared line) and do not while it is young; the first one after
+    // it is 256 commits old helps it, once: later ones find it resolved.
+    let mut helped_at = Vec::new();
+    for k in 1..=1000u64 {
+        // SAFETY: as above.
+        let s = unsafe { b.commit(&pool, &mut ctx, &[e(h + 64 * k, k)]) }.unwrap();
+        if s.helped > 0 {
+            helped_at.push((k, s.helped));
+        }
+    }
+    assert_eq!(helped_at.len(), 1, "helped at {helped_at:?}");
+    assert!(helped_at[0].0 >= 256, "helped a young log: {helped_at:?}");
+    assert_eq!(helped_at[0].1, 1);
+    assert_eq!(read_word(&pool, h), 1);
+    assert_eq!(read_word(&pool, h + 64 * 1000), 1000);
+}
+
+#[test]
 fn lanes_are_handed_out_once() {
     let (_dir, path) = scratch();
     let mut pool = create(&path, ModeRequest::Flush);
