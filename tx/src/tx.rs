@@ -808,16 +808,56 @@ impl<'p> Tx<'p> {
             return Err(TxError::Misaligned { offset: 0, align });
         }
         let r = self.pool.heap().reserve(self.pool.raw(), len.max(1))?;
-        let off = r.offset();
+        let (off, size) = (r.offset(), r.size());
         debug_assert_eq!(off % align as u64, 0, "blocks are aligned");
         if self.allocs.capacity() == 0 {
             self.allocs = ALLOCS_BUF.try_with(Cell::take).unwrap_or_default();
         }
         self.allocs.push(r);
         if len > 0 {
-            init(self.shadow_mut(off, len)?);
+            init(self.fresh_shadow(off, len, size)?);
         }
         Ok(off)
+    }
+
+    /// [`Tx::shadow_mut`] of `[off, off + len)` in a block this transaction just reserved, of
+    /// usable size `size`. When the block covers the range's cache lines whole (blocks of
+    /// 64 bytes or more are 64-aligned with sizes multiple of 64) and no shadow of ours
+    /// touches them, the new shadow's lines are zero-filled rather than copied from the pool:
+    /// the block's old contents are meaningless (the transaction fills `len` bytes, and the
+    /// commit logs the block's lines whole from the shadow, never comparing them with the
+    /// pool), and the copy would read lines of a cold block. Blocks of the small classes
+    /// (16/32/48 bytes) share lines with other blocks, whose bytes the shadow must hold: they
+    /// take the general path.
+    fn fresh_shadow(&mut self, off: u64, len: u64, size: u64) -> Result<&mut [u8]> {
+        let (ls, le) = line_bounds(off, len);
+        if ls != off || le > off + size || !self.overlapping(ls, le).is_empty() {
+            return self.shadow_mut(off, len);
+        }
+        // `&mut self`: no snapshot is borrowed any more.
+        self.snapshots.get_mut().clear();
+        // The block's lines are locked like every line the transaction writes.
+        self.lock_for_write(off, len)?;
+        let i = self.shadows.partition_point(|s| s.start < ls);
+        let first = self.lines.len();
+        let n = ((le - ls) / CACHE_LINE) as usize;
+        if n <= INLINE_LINES {
+            for _ in 0..n {
+                self.lines.push(Line::zeroed());
+            }
+        } else {
+            self.lines.resize(first + n, Line::zeroed());
+        }
+        self.shadows.insert(
+            i,
+            Shadow {
+                start: ls,
+                first,
+                lines: n,
+            },
+        );
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines[first..first + n]);
+        Ok(&mut bytes[..len as usize])
     }
 
     /// Frees the slice's block (as [`Tx::free`]); freeing [`PSlice::EMPTY`] does nothing.
