@@ -29,12 +29,11 @@ pub(crate) fn diff_lines<'a>(
     let mut run: Option<usize> = None;
     for (i, (line, pool_line)) in mine.iter().zip(current.chunks_exact(LINE)).enumerate() {
         let at = i * LINE;
-        // (A new block's lines first: they are logged whole, so the pool's lines, often cold,
-        // need not be read.)
-        let dirty = fresh
-            .iter()
-            .any(|r| line_holds_word_of(start + at as u64, (r.offset(), r.size())))
-            || <&[u8; LINE]>::try_from(pool_line).is_ok_and(|p| line.0 != *p);
+        let same = <&[u8; LINE]>::try_from(pool_line).is_ok_and(|p| line.0 == *p);
+        let dirty = !same
+            || fresh
+                .iter()
+                .any(|r| line_holds_word_of(start + at as u64, (r.offset(), r.size())));
         match (dirty, run) {
             (true, None) => run = Some(at),
             (false, Some(a)) => {

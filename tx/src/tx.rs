@@ -6,6 +6,7 @@ use std::mem::{align_of, size_of};
 use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
+use pmstore_alloc::redo::RedoRange;
 use pmstore_alloc::{AllocError, Reservation};
 use pmstore_pool::CACHE_LINE;
 use smallvec::SmallVec;
@@ -1022,6 +1023,19 @@ impl<'p> Tx<'p> {
         let mut ranges: Ranges<'_> = SmallVec::new();
         for s in &self.shadows {
             let mine = &self.lines[s.arena_range()];
+            // A shadow inside a new block (as `fresh_shadow` makes them) is logged whole, as
+            // `diff_lines` would, without reading the pool's lines (no freed block overlaps a
+            // reserved one).
+            if fresh
+                .iter()
+                .any(|r| r.offset() <= s.start && s.end() <= r.offset() + r.size())
+            {
+                ranges.push(RedoRange {
+                    target: s.start,
+                    data: bytemuck::cast_slice(mine),
+                });
+                continue;
+            }
             // SAFETY: the shadow's lines lie in the pool and are under exclusive locks of this
             // transaction (taken when the shadow was made), so no other thread writes them;
             // this transaction writes them only when it publishes below, after the last use of
