@@ -16,8 +16,8 @@
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::defer::{LiveCount, Policy};
 pub use crate::defer::DeferPolicy;
+use crate::defer::{LiveCount, Policy};
 use crate::live::{self, LaneState, LiveLog, MAX_LIVE_LINES};
 use std::sync::Arc;
 
@@ -1583,8 +1583,7 @@ impl Shared {
             }
             let st = &self.lanes[lane as usize];
             let m = st.mask.load(Ordering::Acquire);
-            if m == 0 || lines.is_some_and(|(_, mask, _)| m & mask == 0) || st.current_resolved()
-            {
+            if m == 0 || lines.is_some_and(|(_, mask, _)| m & mask == 0) || st.current_resolved() {
                 continue;
             }
             // A Bloom hit: compare the lines before registering (a locked instruction). A

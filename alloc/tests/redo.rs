@@ -1151,22 +1151,22 @@ fn mixed_commits_recover_at_every_drain(policy: DeferPolicy) {
         .chain((0..8).map(|j| h + 24576 + 8 * j))
         .collect();
     let ops = vec![
-        mixed(0, &[(0, 1)], &[]),               // lane 0: live (words)
-        mixed(1, &[], &[(0, 2, 2)]),            // range over lane 0's live line: helps it
-        mixed(1, &[(2, 3)], &[]),               // live after a non-deferred commit
-        mixed(0, &[], &[(8, 8, 4)]),            // lane 0: whole line, own record cleared
-        mixed(0, &[(3, 5)], &[(10, 2, 5)]),     // words and a range: deferred
-        mixed(1, &[], &[(2, 1, 6), (12, 1, 6)]), // own live log (word 2) and lane 0's (line)
-        mixed(1, &[(6, 7)], &[]),               // disjoint
-        mixed(0, &[(7, 8)], &[]),               // disjoint, both lanes live
-        mixed(0, &[], &[(4, 2, 9)]),            // range-only, other lane live and disjoint
-        mixed(1, &[(4, 10), (6, 10)], &[]),     // words over lane 0's last (non-deferred) log
+        mixed(0, &[(0, 1)], &[]),                 // lane 0: live (words)
+        mixed(1, &[], &[(0, 2, 2)]),              // range over lane 0's live line: helps it
+        mixed(1, &[(2, 3)], &[]),                 // live after a non-deferred commit
+        mixed(0, &[], &[(8, 8, 4)]),              // lane 0: whole line, own record cleared
+        mixed(0, &[(3, 5)], &[(10, 2, 5)]),       // words and a range: deferred
+        mixed(1, &[], &[(2, 1, 6), (12, 1, 6)]),  // own live log (word 2) and lane 0's (line)
+        mixed(1, &[(6, 7)], &[]),                 // disjoint
+        mixed(0, &[(7, 8)], &[]),                 // disjoint, both lanes live
+        mixed(0, &[], &[(4, 2, 9)]),              // range-only, other lane live and disjoint
+        mixed(1, &[(4, 10), (6, 10)], &[]),       // words over lane 0's last (non-deferred) log
         mixed(0, &[], &[(6, 1, 11), (8, 8, 11)]), // helps lane 1
-        mixed(1, &[], &[(0, 1, 12)]),           // lane 1 clears its record
-        mixed(0, &[(1, 13)], &[]),              // over lane 1's last range
-        mixed(1, &[(1, 14)], &[(15, 1, 14)]),   // helps lane 0, deferred
-        mixed(0, &[], &[(3, 1, 15)]),           // range-only while lane 1 is live
-        mixed(1, &[], &[(9, 2, 16)]),           // range-only, own live log
+        mixed(1, &[], &[(0, 1, 12)]),             // lane 1 clears its record
+        mixed(0, &[(1, 13)], &[]),                // over lane 1's last range
+        mixed(1, &[(1, 14)], &[(15, 1, 14)]),     // helps lane 0, deferred
+        mixed(0, &[], &[(3, 1, 15)]),             // range-only while lane 1 is live
+        mixed(1, &[], &[(9, 2, 16)]),             // range-only, own live log
     ];
     let mut states = vec![vec![0u64; w.len()]];
     for op in &ops {

@@ -1341,13 +1341,19 @@ fn new_blocks_start_from_zeroed_lines_and_keep_their_neighbours() {
         .map(|i| pool.transaction(|tx| tx.alloc([i + 1; 16])).unwrap())
         .collect();
     for (i, p) in small.iter().enumerate() {
-        assert_eq!(pool.read(|tx| tx.get(*p).copied()).unwrap(), [i as u8 + 1; 16]);
+        assert_eq!(
+            pool.read(|tx| tx.get(*p).copied()).unwrap(),
+            [i as u8 + 1; 16]
+        );
     }
     assert_eq!(pool.read(|tx| tx.get(keep).copied()).unwrap(), [0xAA; 128]);
     drop(pool);
     let pool = reopen(&path, L, ModeRequest::Flush);
     assert_eq!(pool.read(|tx| tx.get(whole).copied()).unwrap(), expect);
     for (i, p) in small.iter().enumerate() {
-        assert_eq!(pool.read(|tx| tx.get(*p).copied()).unwrap(), [i as u8 + 1; 16]);
+        assert_eq!(
+            pool.read(|tx| tx.get(*p).copied()).unwrap(),
+            [i as u8 + 1; 16]
+        );
     }
 }
