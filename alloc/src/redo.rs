@@ -2895,10 +2895,13 @@ impl LaneLog {
         if own_record {
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
-            prev = me.own_live();
-            if let Some(p) = &prev {
-                pool.flush_lines(ctx, &p.lines);
-                deferred_lines = p.lines.len();
+            // Its lines are flushed straight from our record (we are its only writer).
+            // SAFETY: we own the lane (`&mut self`, its one `LaneLog`), and publish nothing
+            // while `lines` lives (step 5 or 5' comes after).
+            if let Some((pseq, pslot, lines)) = unsafe { me.own_live() } {
+                pool.flush_lines(ctx, lines);
+                deferred_lines = lines.len();
+                prev = Some((pseq, pslot));
             }
         }
         let helped_lines: usize = self.scratch.helped.iter().map(|h| h.log.lines.len()).sum();
@@ -3011,13 +3014,13 @@ impl LaneLog {
         // Invalidate our previous log (its values are durable now), without a flush: whoever
         // needs the invalidation durable flushes the line before its own drain (1d of every
         // other commit, `sync_invalidations`, our commit after next, which overwrites it).
-        if let Some(p) = &prev {
+        if let Some((pseq, pslot)) = prev {
             let poff = sh.layout.slot_offset(lane, prev_slot);
-            debug_assert_eq!(p.slot, prev_slot);
+            debug_assert_eq!(pslot, prev_slot);
             // SAFETY: our lane's header word, as in step 2 (a helper may compare-exchange it
             // to 0 concurrently: the same value).
             unsafe { store_word(pool, poff, 0) };
-            sh.publish_token(lane, prev_slot, p.seq, true, u64::MAX);
+            sh.publish_token(lane, prev_slot, pseq, true, u64::MAX);
         }
         if !self.scratch.helped.is_empty() {
             sh.finish_help(pool, &mut self.scratch.helped);
@@ -3082,13 +3085,9 @@ impl LaneLog {
         if deferred {
             // 5. The values stay in the cache: the log is live until our next commit (or a
             // helper) flushes them and invalidates it.
-            let log = LiveLog {
-                seq,
-                slot,
-                header_word: header.word(),
-                lines: self.scratch.lines.iter().copied().collect(),
-            };
-            me.publish(Some(&log));
+            // Its mask is `own_mask`: without an extension, the Bloom mask of exactly these
+            // lines.
+            me.publish(seq, slot, header.word(), &self.scratch.lines, own_mask);
             Shared::set_bit(&sh.live_summary, lane);
             if !own_record {
                 sh.live_lanes.add();
@@ -3127,7 +3126,7 @@ impl LaneLog {
             if own_record {
                 // Our record (the previous log, invalidated after drain #1, its token
                 // published; or a log a helper resolved) is cleared, then uncounted.
-                me.publish(None);
+                me.clear();
                 sh.live_lanes.remove();
             }
         }
