@@ -696,6 +696,7 @@ impl RedoLayout {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn slot_offset(&self, lane: u32, slot: u32) -> u64 {
         assert!(slot < LOG_SLOTS, "slot {slot} out of range");
         self.log_offset(lane) + u64::from(slot) * self.log_size()
@@ -720,6 +721,7 @@ impl RedoLayout {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn log_offset(&self, lane: u32) -> u64 {
         assert!(lane < self.lane_count, "lane {lane} out of range");
         self.lanes_offset + u64::from(lane) * u64::from(self.lane_size)
@@ -1465,6 +1467,7 @@ impl Shared {
         );
     }
 
+    #[inline]
     fn set_bit(bits: &[AtomicU64], lane: u32) {
         let (w, bit) = (lane as usize / 64, 1u64 << (lane % 64));
         if bits[w].load(Ordering::Relaxed) & bit == 0 {
@@ -2850,18 +2853,21 @@ impl LaneLog {
         // by a commit that does not defer and has no live log to compare with.
         self.scratch.lines.clear();
         if defer || help {
-            for e in entries {
-                self.scratch.lines.push(e.target & !(CACHE_LINE - 1));
-            }
+            let lines = &mut self.scratch.lines;
+            lines.extend(entries.iter().map(|e| e.target & !(CACHE_LINE - 1)));
             for r in ranges {
                 let mut line = r.target & !(CACHE_LINE - 1);
                 while line < r.target + r.data.len() as u64 {
-                    self.scratch.lines.push(line);
+                    lines.push(line);
                     line += CACHE_LINE;
                 }
             }
-            self.scratch.lines.sort_unstable();
-            self.scratch.lines.dedup();
+            // Often already strictly increasing (one word, or a range's lines): then neither
+            // sorted nor deduplicated.
+            if !strictly_increasing(lines) {
+                lines.sort_unstable();
+                lines.dedup();
+            }
         }
         // Deferred: this commit's values stay unflushed until the lane's next commit (or a
         // helper). Only small logs without an extension: an extension is free again when the
@@ -3060,7 +3066,13 @@ impl LaneLog {
             for e in entries {
                 // SAFETY: as above.
                 unsafe { store_word(pool, e.target, e.value) };
-                self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
+            }
+            if !deferred {
+                // Flushed in step 5' (a deferred commit's lines are `scratch.lines`, flushed
+                // by the next commit or a helper).
+                self.scratch
+                    .plain
+                    .extend(entries.iter().map(|e| e.target & !(CACHE_LINE - 1)));
             }
         }
         for r in ranges {
@@ -3073,7 +3085,7 @@ impl LaneLog {
                 // SAFETY: as above.
                 unsafe { pool.write(r.target, r.data) };
                 let mut line = first & !(CACHE_LINE - 1);
-                while line < end {
+                while !deferred && line < end {
                     self.scratch.plain.push(line);
                     line += CACHE_LINE;
                 }
@@ -3346,6 +3358,20 @@ unsafe fn cas_word(pool: &Pool, offset: u64, old: u64, new: u64) -> bool {
     unsafe { AtomicU64::from_ptr(p) }
         .compare_exchange(old, new, Ordering::SeqCst, Ordering::Relaxed)
         .is_ok()
+}
+
+/// Whether `v` is strictly increasing (sorted and without duplicates). (`slice::is_sorted_by`
+/// is younger than the crate's MSRV.)
+#[inline]
+fn strictly_increasing(v: &[u64]) -> bool {
+    let mut i = 1;
+    while i < v.len() {
+        if v[i - 1] >= v[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Stores `value` to the 8-byte word at pool offset `offset` with a single (atomic) store.
