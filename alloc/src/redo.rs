@@ -696,7 +696,6 @@ impl RedoLayout {
     /// # Ok(())
     /// # }
     /// ```
-    #[inline]
     pub fn slot_offset(&self, lane: u32, slot: u32) -> u64 {
         assert!(slot < LOG_SLOTS, "slot {slot} out of range");
         self.log_offset(lane) + u64::from(slot) * self.log_size()
@@ -721,7 +720,6 @@ impl RedoLayout {
     /// # Ok(())
     /// # }
     /// ```
-    #[inline]
     pub fn log_offset(&self, lane: u32) -> u64 {
         assert!(lane < self.lane_count, "lane {lane} out of range");
         self.lanes_offset + u64::from(lane) * u64::from(self.lane_size)
@@ -1467,7 +1465,6 @@ impl Shared {
         );
     }
 
-    #[inline]
     fn set_bit(bits: &[AtomicU64], lane: u32) {
         let (w, bit) = (lane as usize / 64, 1u64 << (lane % 64));
         if bits[w].load(Ordering::Relaxed) & bit == 0 {
@@ -3066,13 +3063,11 @@ impl LaneLog {
             for e in entries {
                 // SAFETY: as above.
                 unsafe { store_word(pool, e.target, e.value) };
-            }
-            if !deferred {
-                // Flushed in step 5' (a deferred commit's lines are `scratch.lines`, flushed
-                // by the next commit or a helper).
-                self.scratch
-                    .plain
-                    .extend(entries.iter().map(|e| e.target & !(CACHE_LINE - 1)));
+                if !deferred {
+                    // Flushed in step 5' (a deferred commit's lines are `scratch.lines`,
+                    // flushed by the next commit or a helper).
+                    self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
+                }
             }
         }
         for r in ranges {
@@ -3085,7 +3080,7 @@ impl LaneLog {
                 // SAFETY: as above.
                 unsafe { pool.write(r.target, r.data) };
                 let mut line = first & !(CACHE_LINE - 1);
-                while !deferred && line < end {
+                while line < end {
                     self.scratch.plain.push(line);
                     line += CACHE_LINE;
                 }
