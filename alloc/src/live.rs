@@ -151,41 +151,71 @@ impl LaneState {
         }
     }
 
-    /// Owner: replaces the record by `log` (`None`: no live record). The final store is
-    /// `SeqCst`: a helper that registers after it (SeqCst) reads this record or a later one,
-    /// and the owner's later `SeqCst` load of `helpers` sees every helper registered before.
-    pub(crate) fn publish(&self, log: Option<&LiveLog>) {
+    /// Owner: replaces the record by the live log `seq` in `slot` (header word `header_word`,
+    /// target lines `lines`, sorted, deduplicated, at most [`MAX_LIVE_LINES`]; `mask` their
+    /// Bloom mask, [`mask_of`]`(lines)`, which the commit has computed already). The final
+    /// store is `SeqCst`: a helper that registers after it (SeqCst) reads this record or a
+    /// later one, and the owner's later `SeqCst` load of `helpers` sees every helper
+    /// registered before.
+    #[inline]
+    pub(crate) fn publish(&self, seq: u64, slot: u32, header_word: u64, lines: &[u64], mask: u64) {
+        debug_assert!(!lines.is_empty() && lines.len() <= MAX_LIVE_LINES);
+        debug_assert_eq!(mask, mask_of(lines));
         let v = self.version.load(Ordering::Relaxed);
         self.version.store(v + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        match log {
-            Some(log) => {
-                debug_assert!(!log.lines.is_empty() && log.lines.len() <= MAX_LIVE_LINES);
-                self.seq.store(log.seq, Ordering::Relaxed);
-                self.slot.store(u64::from(log.slot), Ordering::Relaxed);
-                self.header_word.store(log.header_word, Ordering::Relaxed);
-                self.len.store(log.lines.len() as u64, Ordering::Relaxed);
-                for (d, &l) in self.lines.iter().zip(&log.lines) {
-                    d.store(l, Ordering::Relaxed);
-                }
-                self.mask.store(mask_of(&log.lines), Ordering::Relaxed);
-            }
-            None => {
-                self.len.store(0, Ordering::Relaxed);
-                self.mask.store(0, Ordering::Relaxed);
-            }
+        self.seq.store(seq, Ordering::Relaxed);
+        self.slot.store(u64::from(slot), Ordering::Relaxed);
+        self.header_word.store(header_word, Ordering::Relaxed);
+        self.len.store(lines.len() as u64, Ordering::Relaxed);
+        for (d, &l) in self.lines.iter().zip(lines) {
+            d.store(l, Ordering::Relaxed);
         }
+        self.mask.store(mask, Ordering::Relaxed);
         self.version.store(v + 2, Ordering::SeqCst);
     }
 
-    /// Owner: its own record (no concurrent writer).
-    pub(crate) fn own(&self) -> Option<LiveLog> {
-        self.read_fields()
+    /// Owner: empties the record (no live log), through the sequence lock as [`publish`]
+    /// (`SeqCst` final store).
+    ///
+    /// [`publish`]: LaneState::publish
+    pub(crate) fn clear(&self) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.len.store(0, Ordering::Relaxed);
+        self.mask.store(0, Ordering::Relaxed);
+        self.version.store(v + 2, Ordering::SeqCst);
     }
 
-    /// Owner: its own record, unless a helper resolved it.
-    pub(crate) fn own_live(&self) -> Option<LiveLog> {
-        self.own().filter(|log| !self.is_resolved(log))
+    /// Owner: its own record, unless it is empty or a helper resolved it: `(seq, slot,
+    /// lines)`, the lines read in place (no copy: the owner is the record's only writer, so
+    /// it needs no sequence lock to read it either).
+    ///
+    /// # Safety
+    /// The caller is the lane's owner (holds its `LaneLog`, or is the test that made this
+    /// state) and does not call [`publish`](LaneState::publish) or
+    /// [`clear`](LaneState::clear) while the returned slice lives.
+    #[inline]
+    pub(crate) unsafe fn own_live(&self) -> Option<(u64, u32, &[u64])> {
+        let len = (self.len.load(Ordering::Relaxed) as usize).min(MAX_LIVE_LINES);
+        if len == 0 {
+            return None;
+        }
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq <= self.resolved.load(Ordering::Acquire) {
+            return None;
+        }
+        let slot = (self.slot.load(Ordering::Relaxed) & 1) as u32;
+        // SAFETY: `AtomicU64` has the size, alignment and bit validity of `u64`, so the first
+        // `len` (<= MAX_LIVE_LINES) atomics are `len` valid `u64`s. Only the owner stores to
+        // them (in `publish`), and the caller, the owner, does not while the slice lives (its
+        // earlier stores are sequenced before this read, or were made by a previous owner and
+        // passed on with the lane's claim, release/acquire); other threads only load them, and
+        // loads do not race with loads, so reading them through a shared `&[u64]` is no data
+        // race and nothing mutates them for the slice's lifetime.
+        let lines = unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u64>(), len) };
+        Some((seq, slot, lines))
     }
 
     /// Anyone: a consistent snapshot of the record, unless a helper resolved it (a live log:
@@ -254,11 +284,19 @@ mod tests {
             header_word: 0xdead_beef,
             lines: [64, 128, 4096].into_iter().collect(),
         };
-        s.publish(Some(&log));
+        s.publish(7, 1, 0xdead_beef, &log.lines, mask_of(&log.lines));
         assert_eq!(s.snapshot(), Some(log.clone()));
-        assert_eq!(s.own(), Some(log));
-        assert_ne!(s.mask.load(Ordering::Relaxed), 0);
-        s.publish(None);
+        assert_eq!(s.live(), Some(log.clone()));
+        // SAFETY: this test is the only writer, and publishes nothing while `own` lives.
+        let own = unsafe { s.own_live() };
+        assert_eq!(own, Some((7, 1, &log.lines[..])));
+        assert_eq!(s.mask.load(Ordering::Relaxed), mask_of(&log.lines));
+        s.resolved.store(7, Ordering::Relaxed);
+        // SAFETY: as above.
+        assert_eq!(unsafe { s.own_live() }, None);
+        assert_eq!(s.live(), None);
+        assert!(s.snapshot().is_some());
+        s.clear();
         assert_eq!(s.snapshot(), None);
         assert_eq!(s.mask.load(Ordering::Relaxed), 0);
     }

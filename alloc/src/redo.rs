@@ -2849,18 +2849,21 @@ impl LaneLog {
         // by a commit that does not defer and has no live log to compare with.
         self.scratch.lines.clear();
         if defer || help {
-            for e in entries {
-                self.scratch.lines.push(e.target & !(CACHE_LINE - 1));
-            }
+            let lines = &mut self.scratch.lines;
+            lines.extend(entries.iter().map(|e| e.target & !(CACHE_LINE - 1)));
             for r in ranges {
                 let mut line = r.target & !(CACHE_LINE - 1);
                 while line < r.target + r.data.len() as u64 {
-                    self.scratch.lines.push(line);
+                    lines.push(line);
                     line += CACHE_LINE;
                 }
             }
-            self.scratch.lines.sort_unstable();
-            self.scratch.lines.dedup();
+            // Often already strictly increasing (one word, or a range's lines): then neither
+            // sorted nor deduplicated.
+            if !strictly_increasing(lines) {
+                lines.sort_unstable();
+                lines.dedup();
+            }
         }
         // Deferred: this commit's values stay unflushed until the lane's next commit (or a
         // helper). Only small logs without an extension: an extension is free again when the
@@ -2894,10 +2897,13 @@ impl LaneLog {
         if own_record {
             // 1b. Our previous log: its values were applied, not flushed. Flush them now;
             // this commit's drain makes them durable, and then the log may be invalidated.
-            prev = me.own_live();
-            if let Some(p) = &prev {
-                pool.flush_lines(ctx, &p.lines);
-                deferred_lines = p.lines.len();
+            // Its lines are flushed straight from our record (we are its only writer).
+            // SAFETY: we own the lane (`&mut self`, its one `LaneLog`), and publish nothing
+            // while `lines` lives (step 5 or 5' comes after).
+            if let Some((pseq, pslot, lines)) = unsafe { me.own_live() } {
+                pool.flush_lines(ctx, lines);
+                deferred_lines = lines.len();
+                prev = Some((pseq, pslot));
             }
         }
         let helped_lines: usize = self.scratch.helped.iter().map(|h| h.log.lines.len()).sum();
@@ -3010,13 +3016,13 @@ impl LaneLog {
         // Invalidate our previous log (its values are durable now), without a flush: whoever
         // needs the invalidation durable flushes the line before its own drain (1d of every
         // other commit, `sync_invalidations`, our commit after next, which overwrites it).
-        if let Some(p) = &prev {
+        if let Some((pseq, pslot)) = prev {
             let poff = sh.layout.slot_offset(lane, prev_slot);
-            debug_assert_eq!(p.slot, prev_slot);
+            debug_assert_eq!(pslot, prev_slot);
             // SAFETY: our lane's header word, as in step 2 (a helper may compare-exchange it
             // to 0 concurrently: the same value).
             unsafe { store_word(pool, poff, 0) };
-            sh.publish_token(lane, prev_slot, p.seq, true, u64::MAX);
+            sh.publish_token(lane, prev_slot, pseq, true, u64::MAX);
         }
         if !self.scratch.helped.is_empty() {
             sh.finish_help(pool, &mut self.scratch.helped);
@@ -3056,7 +3062,11 @@ impl LaneLog {
             for e in entries {
                 // SAFETY: as above.
                 unsafe { store_word(pool, e.target, e.value) };
-                self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
+                if !deferred {
+                    // Flushed in step 5' (a deferred commit's lines are `scratch.lines`,
+                    // flushed by the next commit or a helper).
+                    self.scratch.plain.push(e.target & !(CACHE_LINE - 1));
+                }
             }
         }
         for r in ranges {
@@ -3081,13 +3091,9 @@ impl LaneLog {
         if deferred {
             // 5. The values stay in the cache: the log is live until our next commit (or a
             // helper) flushes them and invalidates it.
-            let log = LiveLog {
-                seq,
-                slot,
-                header_word: header.word(),
-                lines: self.scratch.lines.iter().copied().collect(),
-            };
-            me.publish(Some(&log));
+            // Its mask is `own_mask`: without an extension, the Bloom mask of exactly these
+            // lines.
+            me.publish(seq, slot, header.word(), &self.scratch.lines, own_mask);
             Shared::set_bit(&sh.live_summary, lane);
             if !own_record {
                 sh.live_lanes.add();
@@ -3126,7 +3132,7 @@ impl LaneLog {
             if own_record {
                 // Our record (the previous log, invalidated after drain #1, its token
                 // published; or a log a helper resolved) is cleared, then uncounted.
-                me.publish(None);
+                me.clear();
                 sh.live_lanes.remove();
             }
         }
@@ -3346,6 +3352,20 @@ unsafe fn cas_word(pool: &Pool, offset: u64, old: u64, new: u64) -> bool {
     unsafe { AtomicU64::from_ptr(p) }
         .compare_exchange(old, new, Ordering::SeqCst, Ordering::Relaxed)
         .is_ok()
+}
+
+/// Whether `v` is strictly increasing (sorted and without duplicates). (`slice::is_sorted_by`
+/// is younger than the crate's MSRV.)
+#[inline]
+fn strictly_increasing(v: &[u64]) -> bool {
+    let mut i = 1;
+    while i < v.len() {
+        if v[i - 1] >= v[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Stores `value` to the 8-byte word at pool offset `offset` with a single (atomic) store.
