@@ -1066,37 +1066,7 @@ fn two_lanes_with_filtered_pending_invalidations_recover_at_every_drain() {
     }
     let current = Arc::new(Mutex::new(0usize));
     let bad = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
-    let hook = {
-        let (current, bad, states, w) = (
-            Arc::clone(&current),
-            Arc::clone(&bad),
-            states.clone(),
-            w.clone(),
-        );
-        move |cp: &pmstore_pool::sim::CrashPoint<'_>| {
-            let k = *current.lock().unwrap();
-            for img in cp.images(6, 24, 7) {
-                let (mut p, _) = Pool::open_simulated(&img, &OpenOptions::new(LAYOUT)).unwrap();
-                let got = match RedoLogs::recover(&mut p) {
-                    Ok(_) => w.iter().map(|&t| read_word(&p, t)).collect::<Vec<_>>(),
-                    Err(e) => {
-                        bad.lock().unwrap().1.push(format!("op {k}: recovery: {e}"));
-                        continue;
-                    }
-                };
-                let mut b = bad.lock().unwrap();
-                b.0 += 1;
-                if got != states[k] && got != states[k + 1] {
-                    b.1.push(format!(
-                        "op {k} (drain {}): {got:?}, expected {:?} or {:?}",
-                        cp.drain,
-                        states[k],
-                        states[k + 1]
-                    ));
-                }
-            }
-        }
-    };
+    let hook = before_or_after_hook(&current, &bad, &states, &w, (6, 24, 7));
     let mut lanes = [logs.lane(0).unwrap(), logs.lane(1).unwrap()];
     let mut ctx = pool.flush_context();
     sim.set_crash_hook(hook);
@@ -1181,37 +1151,7 @@ fn mixed_commits_recover_at_every_drain(policy: DeferPolicy) {
     }
     let current = Arc::new(Mutex::new(0usize));
     let bad = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
-    let hook = {
-        let (current, bad, states, w) = (
-            Arc::clone(&current),
-            Arc::clone(&bad),
-            states.clone(),
-            w.clone(),
-        );
-        move |cp: &pmstore_pool::sim::CrashPoint<'_>| {
-            let k = *current.lock().unwrap();
-            for img in cp.images(7, 32, 11) {
-                let (mut p, _) = Pool::open_simulated(&img, &OpenOptions::new(LAYOUT)).unwrap();
-                let got = match RedoLogs::recover(&mut p) {
-                    Ok(_) => w.iter().map(|&t| read_word(&p, t)).collect::<Vec<_>>(),
-                    Err(e) => {
-                        bad.lock().unwrap().1.push(format!("op {k}: recovery: {e}"));
-                        continue;
-                    }
-                };
-                let mut b = bad.lock().unwrap();
-                b.0 += 1;
-                if got != states[k] && got != states[k + 1] {
-                    b.1.push(format!(
-                        "op {k} (drain {}): {got:?}, expected {:?} or {:?}",
-                        cp.drain,
-                        states[k],
-                        states[k + 1]
-                    ));
-                }
-            }
-        }
-    };
+    let hook = before_or_after_hook(&current, &bad, &states, &w, (7, 32, 11));
     let mut lanes = [logs.lane(0).unwrap(), logs.lane(1).unwrap()];
     let mut ctx = pool.flush_context();
     let mut drains = Vec::new();
@@ -1280,4 +1220,45 @@ fn mixed_deferred_and_non_deferred_commits_recover_at_every_drain() {
 fn mixed_commit_sequence_recovers_at_every_drain_deferring_all_or_none() {
     mixed_commits_recover_at_every_drain(DeferPolicy::Always);
     mixed_commits_recover_at_every_drain(DeferPolicy::Never);
+}
+
+/// A crash hook for a sequence of commits: every crash image (`CrashPoint::images` with
+/// `sample`) taken while operation `k = *current` runs must recover the words `w` to
+/// `states[k]` or `states[k + 1]`. Counts images in `bad.0`, collects failures in `bad.1`.
+fn before_or_after_hook(
+    current: &Arc<Mutex<usize>>,
+    bad: &Arc<Mutex<(usize, Vec<String>)>>,
+    states: &[Vec<u64>],
+    w: &[u64],
+    (exhaustive_max, samples, seed): (usize, usize, u64),
+) -> impl FnMut(&pmstore_pool::sim::CrashPoint<'_>) + Send + 'static {
+    let (current, bad, states, w) = (
+        Arc::clone(current),
+        Arc::clone(bad),
+        states.to_vec(),
+        w.to_vec(),
+    );
+    move |cp: &pmstore_pool::sim::CrashPoint<'_>| {
+        let k = *current.lock().unwrap();
+        for img in cp.images(exhaustive_max, samples, seed) {
+            let (mut p, _) = Pool::open_simulated(&img, &OpenOptions::new(LAYOUT)).unwrap();
+            let got = match RedoLogs::recover(&mut p) {
+                Ok(_) => w.iter().map(|&t| read_word(&p, t)).collect::<Vec<_>>(),
+                Err(e) => {
+                    bad.lock().unwrap().1.push(format!("op {k}: recovery: {e}"));
+                    continue;
+                }
+            };
+            let mut b = bad.lock().unwrap();
+            b.0 += 1;
+            if got != states[k] && got != states[k + 1] {
+                b.1.push(format!(
+                    "op {k} (drain {}): {got:?}, expected {:?} or {:?}",
+                    cp.drain,
+                    states[k],
+                    states[k + 1]
+                ));
+            }
+        }
+    }
 }
