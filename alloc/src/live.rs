@@ -4,7 +4,9 @@
 //!
 //! The live record is written by the lane's owner only (the holder of its `LaneLog`) and read
 //! by other lanes' commits through a sequence lock, so a reader sees one whole record or
-//! retries. Every field is an atomic (no data race, no `unsafe`).
+//! retries. Every field is an atomic (no data race). The one `unsafe` function,
+//! [`LaneState::own_live`], lets the owner read its own record's lines in place: only the owner
+//! stores to them, and other threads only load them.
 
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
