@@ -438,10 +438,10 @@ impl LaneGuard<'_> {
     /// let (log, ctx) = lane.parts();
     /// // SAFETY: this thread owns the root area; the heap's logs are the pool's only ones.
     /// let stats = unsafe { log.commit(&pool, ctx, &[RedoEntry::new(root, 9)])? };
-    /// // The commit point; the value is flushed by the next commit, unless deferral is forced
-    /// // off (`PMSTORE_DEFER_APPLY=0`: a second drain makes it durable before returning).
-    /// let off = std::env::var("PMSTORE_DEFER_APPLY").is_ok_and(|v| v == "0");
-    /// assert_eq!(stats.drains, if off { 2 } else { 1 });
+    /// // The commit point; the value is flushed by the next commit if the policy defers a
+    /// // commit of one word (else a second drain makes it durable before returning).
+    /// let defers = heap.redo_logs().defer_policy().defers(1);
+    /// assert_eq!(stats.drains, if defers { 1 } else { 2 });
     /// # Ok(())
     /// # }
     /// ```

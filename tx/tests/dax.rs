@@ -79,8 +79,8 @@ fn transactions_on_dax_use_map_sync_and_no_msync() {
     // Cache flushes: a transaction that allocates carries allocator words, so its commit
     // leaves its values to the lane's next commit (deferral policy Words, REDO.md §4, §8): one
     // drain; two if deferral is forced off, as the commits of update-only transactions are.
-    let off = std::env::var("PMSTORE_DEFER_APPLY").is_ok_and(|v| v == "0");
-    let per_tx = if off { 2 } else { 1 };
+    let defers = pool.heap().redo_logs().defer_policy().defers(1);
+    let per_tx = if defers { 1 } else { 2 };
     assert_eq!(d8.drains, 200 * per_tx, "drains per allocating transaction");
     // A transaction that changes nothing costs nothing.
     let before = pool.counters();

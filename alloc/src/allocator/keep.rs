@@ -50,14 +50,20 @@ impl Core {
         // Under the run's lock: a reclaim that cleared the hint and then locked this run
         // before us sees the store (its unlock happens-before our lock); one that locks it
         // after us sees the run empty.
-        if !self.reclaim_hint.load(Ordering::Relaxed) {
-            self.reclaim_hint.store(true, Ordering::Relaxed);
-        }
+        self.hint_reclaim();
         true
     }
 
     /// Uncharges `run` (its lock held as `st`) if it is kept: a block of it was published, or
     /// it was released.
+    /// Tells a later allocation that finds no free chunks that empty runs may be released.
+    /// (Stored only when not set already: the flag's line is read by every such allocation.)
+    fn hint_reclaim(&self) {
+        if !self.reclaim_hint.load(Ordering::Relaxed) {
+            self.reclaim_hint.store(true, Ordering::Relaxed);
+        }
+    }
+
     #[inline]
     pub(super) fn unkeep(&self, run: &Run, st: &mut RunState) {
         if st.kept != 0 {
@@ -82,9 +88,7 @@ impl Core {
         }
         lock(&self.release_queue).push(Arc::clone(run));
         self.release_pending.store(true, Ordering::Release);
-        if !self.reclaim_hint.load(Ordering::Relaxed) {
-            self.reclaim_hint.store(true, Ordering::Relaxed);
-        }
+        self.hint_reclaim();
     }
 }
 
